@@ -1,0 +1,1 @@
+"""vitgraph.benchmarks: the benchmark harness, its suites, reports and plots."""

@@ -1,0 +1,87 @@
+"""The `vitgraph` command. Each subcommand lives in vitgraph/commands/<name>.py with
+`add_arguments(parser)` and `run(args) -> int`, imported only when it is invoked so that
+`vitgraph check` never loads torch. Errors become one message and an exit status:
+2 for a bad spec or flag, 1 for other user errors; never a traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from .diagnostics import SpecError, UserError, render
+
+COMMANDS: dict[str, str] = {
+    "check": "check and count specs; exit 2 on the first bad one",
+    "show": "print the IR of a spec, or draw it (--format dot|svg|png)",
+    "ops": "params, MACs, BOPs and OPs per block or stage and in total",
+    "build": "lower a spec to a torch checkpoint or an ONNX model",
+    "predict": "run an exported ONNX model on images and print the top-5 classes",
+    "train": "train a spec on a dataset with a recipe",
+    "eval": "evaluate a checkpoint on a dataset (top-1, top-5)",
+    "bench": "run a benchmark suite (default: smoke)",
+    "report": "tables and plots from benchmark results",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as for every bad input
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, str]:
+    """`--set image=64 patch=8` -> {"image": "64", "patch": "8"}; values are typed by the spec."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"expected key=value, found '{item}'", where=f"--set {item}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vitgraph", description="Vision-transformer spec compiler and benchmark harness.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(f"vitgraph.commands.{name}")
+        except ModuleNotFoundError:
+            p.set_defaults(_missing=name)
+            continue
+        module.add_arguments(p)
+        p.set_defaults(_module=f"vitgraph.commands.{name}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["bench"]  # the main job: the embedded smoke suite
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", None):
+        print(f"error: the '{args._missing}' command is not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except SpecError as e:
+        print(render(e, getattr(e, "sources", None)), file=sys.stderr)
+        return 2
+    except UserError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

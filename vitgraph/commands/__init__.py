@@ -1,0 +1,1 @@
+"""Subcommands of the vitgraph CLI, one module each (see vitgraph/cli.py)."""
