@@ -1,0 +1,26 @@
+"""`vitgraph build SPEC --backend torch|onnx [-o OUT] [--weights CKPT] [--set k=v]`.
+
+The backend modules do the work (`build_command(graph, args) -> int` in
+backends/torch_backend.py and backends/onnx_backend.py)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from .. import compile
+from ..cli import parse_overrides
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: <model>.pt / <model>.onnx)")
+    p.add_argument("--weights", metavar="CKPT", help="a vitgraph or DeiT/timm-style checkpoint to load")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
+    p.add_argument("--model", help="which model of the file (default: the file's own)")
+
+
+def run(args: argparse.Namespace) -> int:
+    graph = compile(args.spec, args.model, **parse_overrides(args.set))
+    backend = importlib.import_module(f"vitgraph.backends.{args.backend}_backend")
+    return int(backend.build_command(graph, args) or 0)
