@@ -38,3 +38,18 @@ def count(graph: Graph) -> CountReport:
         by_stage[key] = by_stage.get(key, Counts()) + c
     total = sum(by_group.values(), Counts())
     return CountReport(total, by_group, by_stage)
+
+
+def weight_bytes(graph: Graph) -> tuple[int, int]:
+    """(float32 bytes, bit-packed bytes) of the trainable weights: binary weights stored at
+    1 bit each plus one float32 scale per output channel; everything else at 4 bytes."""
+    from .ops import OPS, input_types
+
+    total = count(graph).total
+    scales = 0
+    for node in graph:
+        ins = input_types(graph, node)
+        shapes = OPS[node.op].params(node, ins)
+        scales += sum(shapes[k][0] for k in OPS[node.op].binary_weights(node, ins))
+    packed = total.fp_params * 4 + (total.binary_params + 7) // 8 + scales * 4
+    return total.params * 4, packed

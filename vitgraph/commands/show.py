@@ -1,0 +1,40 @@
+"""`vitgraph show SPEC [--format text|dot|svg|png] [-o FILE]`: the printed IR, or a drawing
+of the graph coloured by precision and annotated with shapes and counts."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import compile, format_graph
+from ..cli import parse_overrides
+from ..diagnostics import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--format", choices=["text", "dot", "svg", "png"], default="text")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write (default: stdout for text/dot, "
+                                                          "<model>.<format> for images)")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
+    p.add_argument("--model", help="which model of the file (default: the file's own)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..draw import render_image, to_dot
+
+    graph = compile(args.spec, args.model, **parse_overrides(args.set))
+    if args.format in ("text", "dot"):
+        text = format_graph(graph) if args.format == "text" else to_dot(graph)
+        if args.output:
+            Path(args.output).write_text(text)
+        else:
+            print(text, end="")
+        return 0
+    out = Path(args.output or f"{graph.name}.{args.format}")
+    if out.suffix.lstrip(".") != args.format:
+        raise UserError(f"output '{out}' does not end in .{args.format}", status=2)
+    if not out.parent.exists():
+        raise UserError(f"cannot write '{out}': folder '{out.parent}' does not exist", status=2)
+    render_image(graph, out)
+    print(f"wrote {out}")
+    return 0
