@@ -368,7 +368,8 @@ def _pool_shape(node: Node, ins: list[TensorType]) -> TensorType:
         if kh % 2 == 0 or kw % 2 == 0:
             raise _err(node, f"pooling kernel {kh}x{kw} has an even side; expected odd sides for same padding")
         if kh > gh or kw > gw:
-            raise _err(node, f"pooling kernel {kh}x{kw} is larger than the token grid {gh}x{gw}")
+            raise _err(node, f"pooling kernel {kh}x{kw} is larger than the token grid {gh}x{gw}",
+                       f"expected kernels no larger than {gh}x{gw}: a bigger image or a smaller patch")
     return x
 
 

@@ -182,13 +182,16 @@ _EXAMPLES: dict[str, list[str]] = {
     "expected a model name after 'model'": ["model {", "model 3 {"],
     "expected '{' to open the model body": ["model m\n", "model m extends b\n", "model m blocks"],
     "expected a name after 'extends'": ["model m extends {"],
-    "a statement must start with a word": ["model m { 3 }", "model m { -> 3 }", 'model m { "x" }'],
+    "a statement must start with a word": ["model m { 3 }", "model m { -> 3 }", 'model m { "x" }',
+                                           "model m {\n    3 x 32\n}", "model m {\n input 3\n 3\n}"],
     "expected '=' and a value after the parameter name": ["param image 32", "param image\n"],
     "expected a value after '='": ["param image =\n", "param image = }"],
     "expected a quoted file name after 'use'": ["use deit\n", "use 3\n"],
     "expected 'use', 'param' or 'model' at the top level": ["input 3\n", "blocks 2 { }", "}"],
-    "unbalanced parentheses in an expression": ["model m { mlp hidden (4 * 2 }", "model m { mlp hidden (4 * }"],
-    "unexpected '}' with no open body": ["model m { input 3 } }"],
+    "unbalanced parentheses in an expression": ["model m { mlp hidden (4 * 2 }", "model m { mlp hidden (4 * }",
+                                                "model m { b 2 { mlp hidden (4 * 2 } }",
+                                                "model m {\n b 2 { mlp hidden (4 * 2 }\n}"],
+    "unexpected '}' with no open body": ["model m { input 3 } }", "model m {\n input 3\n}\n}"],
 }
 
 
