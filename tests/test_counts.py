@@ -1,0 +1,110 @@
+"""Counts against the papers' published figures (PAPERS.md), within 1%.
+
+Convention: one multiply-accumulate = 1, attention matmuls included; BOPs are binary MACs;
+OPs = MACs + BOPs/64."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import vitgraph
+from vitgraph.cli import main
+from vitgraph.counting import weight_bytes
+
+
+def near(value: float, published: float, tol: float = 0.01) -> bool:
+    return abs(value - published) <= tol * published
+
+
+@pytest.mark.parametrize("spec,params,gmacs", [
+    ("deit_tiny", 5.72e6, 1.26e9), ("deit_small", 22.05e6, 4.61e9), ("deit_base", 86.57e6, 17.58e9)])
+def test_deit_params_and_macs(spec: str, params: float, gmacs: float) -> None:
+    t = vitgraph.count(vitgraph.compile(f"specs/{spec}.vg")).total
+    assert near(t.params, params), t.params
+    assert near(t.macs, gmacs), t.macs
+    assert t.bops == 0
+
+
+@pytest.mark.parametrize("spec,params", [
+    ("deit_tiny_distilled", 5.91e6), ("deit_small_distilled", 22.44e6), ("deit_base_distilled", 87.34e6)])
+def test_distilled_params(spec: str, params: float) -> None:
+    assert near(vitgraph.count(vitgraph.compile(f"specs/{spec}.vg")).total.params, params)
+
+
+@pytest.mark.parametrize("spec,macs", [("vit", 189.8e6), ("sl_vit", 199.2e6)])
+def test_small_dataset_vits_at_64px(spec: str, macs: float) -> None:
+    t = vitgraph.count(vitgraph.compile(f"specs/{spec}.vg", image=64, patch=8, classes=200)).total
+    assert near(t.macs, macs), t.macs
+
+
+@pytest.mark.parametrize("spec,params,macs", [("vit", 2.69e6, 187.7e6), ("sl_vit", 2.73e6, 190.1e6)])
+def test_small_dataset_vits_at_32px(spec: str, params: float, macs: float) -> None:
+    t = vitgraph.count(vitgraph.compile(f"specs/{spec}.vg")).total
+    assert near(t.params, params) and near(t.macs, macs), t
+
+
+def test_sl_pit_at_64px() -> None:
+    t = vitgraph.count(vitgraph.compile("specs/sl_pit.vg", image=64, patch=4, classes=200)).total
+    assert near(t.macs, 322.9e6), t.macs
+
+
+def test_binaryvit() -> None:
+    t = vitgraph.count(vitgraph.compile("specs/binaryvit.vg")).total
+    assert near(t.params, 22.49e6) and near(t.binary_params, 21.20e6) and near(t.fp_params, 1.29e6, 0.02)
+    assert near(t.bops, 3.82e9)
+    assert near(t.ops, 0.70e8)
+
+
+def test_binary_deit_small() -> None:
+    t = vitgraph.count(vitgraph.compile("specs/binary_deit_small.vg")).total
+    assert near(t.params, 22.29e6)
+    assert near(t.bops, 4.54e9)
+    assert near(t.ops, 1.29e8)
+
+
+def test_binaryvit_star_moves_transitions_to_full_precision() -> None:
+    bv = vitgraph.count(vitgraph.compile("specs/binaryvit.vg"))
+    star = vitgraph.count(vitgraph.compile("specs/binaryvit_star.vg"))
+    for s in ("stages.1", "stages.2", "stages.3"):
+        assert star.by_stage[s].macs > 0 and bv.by_stage[s].macs == 0
+    assert star.total.bops < bv.total.bops and star.total.ops > bv.total.ops
+
+
+def test_groups_add_up_to_total() -> None:
+    r = vitgraph.count(vitgraph.compile("specs/binaryvit.vg"))
+    for rows in (r.by_group, r.by_stage):
+        assert sum(c.params for c in rows.values()) == r.total.params
+        assert sum(c.bops for c in rows.values()) == r.total.bops
+    assert list(r.by_stage) == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    assert sum(1 for g in r.by_group if g.startswith("stages.2.blocks.")) == 8
+
+
+def test_param_count_equals_param_table() -> None:
+    g = vitgraph.compile("specs/sl_pit.vg")
+    table = vitgraph.param_table(g)
+    total = sum(int(__import__("math").prod(s)) for s in table.values())
+    assert total == vitgraph.count(g).total.params
+    assert table["cls_token"] == (1, 1, 96) and table["stages.1.downsample.fc.weight"] == (192, 96)
+
+
+def test_packed_weights_are_about_a_32nd_for_binary_weights() -> None:
+    fp, packed = weight_bytes(vitgraph.compile("specs/binaryvit.vg"))
+    t = vitgraph.count(vitgraph.compile("specs/binaryvit.vg")).total
+    assert fp == 4 * t.params
+    assert t.fp_params * 4 < packed < t.fp_params * 4 + t.binary_params / 8 + 0.2e6
+    fp_d, packed_d = weight_bytes(vitgraph.compile("specs/deit_tiny.vg"))
+    assert fp_d == packed_d
+
+
+def test_ops_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ops", "specs/binaryvit.vg", "--by", "stage", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "binaryvit" and set(data["rows"]) >= {"stem", "stages.0", "head"}
+    assert near(data["total"]["bops"], 3.82e9)
+
+
+def test_ops_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ops", "specs/deit_tiny.vg"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.11" in out and "total" in out and "5.717" in out
