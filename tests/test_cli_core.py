@@ -1,0 +1,64 @@
+"""The compiler's CLI: check, show (text, dot, svg, png) and the import cost of vitgraph."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vitgraph
+from vitgraph.cli import main
+
+from conftest import SPECS
+
+
+def test_check_every_spec(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", *map(str, SPECS)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(SPECS) and all(line.startswith("ok  ") for line in out)
+
+
+def test_check_with_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "specs/vit.vg", "--set", "image=64", "patch=8", "classes=200"]) == 0
+    assert "0.190G MACs" in capsys.readouterr().out
+
+
+def test_show_text_is_the_printed_ir(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", "specs/sl_vit.vg"]) == 0
+    assert capsys.readouterr().out == vitgraph.format_graph(vitgraph.compile("specs/sl_vit.vg"))
+
+
+def test_show_dot(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", "specs/binaryvit_star.vg", "--format", "dot", "--set", "image=224"]) == 0
+    dot = capsys.readouterr().out
+    g = vitgraph.compile("specs/binaryvit_star.vg")
+    assert dot.startswith('digraph "binaryvit_star"')
+    assert dot.count(" -> ") == sum(len(n.inputs) for n in g)
+    assert "#f4cccc" in dot and "#cfe2f3" in dot  # binary and full-precision nodes coloured apart
+
+
+@pytest.mark.parametrize("fmt,magic", [("png", b"\x89PNG"), ("svg", b"<?xml")])
+def test_show_images(fmt: str, magic: bytes, tmp_path: Path) -> None:
+    out = tmp_path / f"g.{fmt}"
+    assert main(["show", "specs/vit.vg", "--format", fmt, "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)
+
+
+def test_show_bad_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", "specs/vit.vg", "--format", "png", "-o", str(tmp_path / "no" / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and "Traceback" not in err
+
+
+def test_unknown_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["check", "specs/vit.vg", "--frobnicate"])
+    assert e.value.code == 2
+    assert "error: unrecognized arguments: --frobnicate" in capsys.readouterr().err
+
+
+def test_import_is_cheap() -> None:
+    code = "import sys, vitgraph; vitgraph.compile('specs/vit.vg'); print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
