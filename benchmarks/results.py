@@ -1,0 +1,124 @@
+"""The result store of a suite: one JSON line per finished run in <results>/runs.jsonl.
+
+Every line carries the run's figures and the conditions they were measured under (CPU and
+GPU model, threads, library versions, git commit, spec hash, recipe, seed, overrides), so a
+figure is never separated from what produced it. Several machines (shards) may append to
+the same file: each line is written with one locked append.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+from vitgraph.diagnostics import UserError
+
+RUNS_FILE = "runs.jsonl"
+_LIBRARIES = ("vitgraph", "torch", "onnx", "onnxruntime", "numpy")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_model() -> str | None:
+    """The first CUDA device's name, when torch sees one."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """HEAD of the checkout this package runs from, with '+dirty' when it has local changes."""
+    where = repo or Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def conditions(device: str) -> dict[str, Any]:
+    """What the figures of a run depend on besides the run's own settings."""
+    import torch
+
+    return {"device": device, "cpu": cpu_model(), "gpu": gpu_model() if device.startswith("cuda") else None,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "versions": library_versions(), "git_commit": git_commit()}
+
+
+class ResultStore:
+    """Reads and appends the run records of one results folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / RUNS_FILE
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(read_records(self.path)) if self.path.exists() else []
+
+    def completed(self) -> set[str]:
+        """Digests of the runs that finished; a rerun of the suite skips them."""
+        return {r["digest"] for r in self.records() if r.get("status") == "ok"}
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.write(line)
+                f.flush()
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def run_folder(self, run_id: str, digest: str) -> Path:
+        """Where a run trains: its checkpoints let an interrupted run resume."""
+        return self.folder / "runs" / f"{run_id}-{digest}"
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a runs.jsonl; a torn last line (a run killed mid-write) is ignored."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                return
+            raise UserError(f"{path}:{number}: not a JSON record", hint="remove or repair that line") from None
+
+
+def latest_ok(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last successful record of each (spec, dataset): what a report shows."""
+    last: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("status") == "ok":
+            last[r["run"]] = r
+    return list(last.values())
