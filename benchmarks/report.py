@@ -1,0 +1,194 @@
+"""Tables from benchmark results, in the shape of the papers' comparison tables
+(DeiT Table 1, Lee et al. Table 2, BinaryViT Table 3): one row per spec, one top-1 column
+per dataset, then the model's size, operations and speed.
+
+    write_report(records, folder) -> report.md, table.csv (the papers' table), runs.csv (every
+    figure of every run), and the plots of plots.py.
+
+Size, operations and speed depend on the input size and the classes, so they are taken
+from one run of each spec, the first dataset of the suite it ran on, and the table says
+which (the `measured on` column).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from vitgraph.diagnostics import UserError
+
+from .results import RUNS_FILE, latest_ok, read_records
+
+
+def load_records(results: Path) -> list[dict[str, Any]]:
+    """The records of a results folder (or of a runs.jsonl file)."""
+    path = Path(results)
+    path = path / RUNS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"no benchmark results at '{results}'", hint="run `vitgraph bench` first; it writes "
+                        f"results/<suite>/{RUNS_FILE}")
+    return list(read_records(path))
+
+
+def figure(record: Mapping[str, Any], dotted: str) -> Any:
+    """A nested value of a record by its dotted path ('counts.ops'); None when absent."""
+    value: Any = record
+    for key in dotted.split("."):
+        if not isinstance(value, Mapping) or value.get(key) is None:
+            return None
+        value = value[key]
+    return value
+
+
+@dataclass(frozen=True)
+class Column:
+    """A figure of the table: its header, where it is in a record, and how it prints."""
+
+    header: str
+    path: str
+    scale: float = 1.0
+    digits: int = 2
+
+    def value(self, record: Mapping[str, Any]) -> float | None:
+        v = figure(record, self.path)
+        return None if v is None else v / self.scale
+
+    def text(self, record: Mapping[str, Any] | None) -> str:
+        v = None if record is None else self.value(record)
+        return "–" if v is None else f"{v:,.{self.digits}f}"
+
+
+FIGURES = (
+    Column("params (M)", "counts.params", 1e6),
+    Column("binary params (M)", "counts.binary_params", 1e6),
+    Column("MACs (G)", "counts.macs", 1e9, 3),
+    Column("BOPs (G)", "counts.bops", 1e9, 3),
+    Column("OPs (G)", "counts.ops", 1e9, 3),
+    Column("train img/s", "torch.train_img_s.median", 1, 1),
+    Column("infer img/s", "torch.infer_img_s.median", 1, 1),
+    Column("CPU latency (ms)", "onnx_cpu.latency_ms.median", 1, 2),
+    Column("CPU img/s", "onnx_cpu.throughput_img_s.median", 1, 1),
+)
+TOP1 = "metrics.top1"
+
+
+def in_order(records: Iterable[Mapping[str, Any]], key: str) -> list[str]:
+    """The distinct values of `key`, in the order the records first show them."""
+    return list(dict.fromkeys(r[key] for r in records))
+
+
+def paper_table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the papers' table from the latest successful record of each run."""
+    runs = latest_ok(records)
+    specs, datasets = in_order(runs, "spec"), in_order(runs, "dataset")
+    by = {(r["spec"], r["dataset"]): r for r in runs}
+    figures = [c for c in FIGURES if any(c.value(r) for r in runs)]  # e.g. no BOPs column without binary
+    header = ["spec", *[f"{d} top-1" for d in datasets], *[c.header for c in figures], "measured on"]
+    rows = []
+    for spec in specs:
+        ref = next(by[(spec, d)] for d in datasets if (spec, d) in by)
+        top1 = [Column("", TOP1).text(by.get((spec, d))) for d in datasets]
+        rows.append([spec, *top1, *[c.text(ref) for c in figures], _measured_on(ref)])
+    return header, rows
+
+
+def _measured_on(record: Mapping[str, Any]) -> str:
+    image = figure(record, "spec_params.image")
+    device = figure(record, "torch.device") or figure(record, "conditions.device")
+    return f"{record['dataset']} {image}px, {device}" if image else f"{record['dataset']}, {device}"
+
+
+RUN_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
+    ("suite", lambda r: r.get("suite")),
+    ("spec", lambda r: r["spec"]),
+    ("dataset", lambda r: r["dataset"]),
+    ("top1", lambda r: figure(r, "metrics.top1")),
+    ("top5", lambda r: figure(r, "metrics.top5")),
+    ("epochs", lambda r: figure(r, "metrics.epochs")),
+    ("train_seconds", lambda r: figure(r, "metrics.train_seconds")),
+    *((c.path, (lambda c: lambda r: figure(r, c.path))(c)) for c in FIGURES),
+    ("overrides", lambda r: " ".join(f"{k}={v}" for k, v in sorted((r.get("overrides") or {}).items()))),
+    ("recipe", lambda r: r.get("recipe")),
+    ("seed", lambda r: r.get("seed")),
+    ("spec_hash", lambda r: r.get("spec_hash")),
+    ("device", lambda r: figure(r, "conditions.device")),
+    ("cpu", lambda r: figure(r, "conditions.cpu")),
+    ("gpu", lambda r: figure(r, "conditions.gpu")),
+    ("torch_threads", lambda r: figure(r, "conditions.torch_threads")),
+    ("git_commit", lambda r: figure(r, "conditions.git_commit")),
+    ("finished", lambda r: r.get("finished")),
+)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    right = [i > 0 and all(_numeric(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _numeric(text: str) -> bool:
+    return text == "–" or text.replace(",", "").replace(".", "", 1).isdigit()
+
+
+def _csv(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def conditions_text(records: list[dict[str, Any]]) -> str:
+    """The distinct conditions the shown figures were measured under, one line each."""
+    lines = []
+    for r in latest_ok(records):
+        c = r.get("conditions", {})
+        versions = ", ".join(f"{k} {v}" for k, v in (c.get("versions") or {}).items() if v)
+        lines.append(f"- device {c.get('device')}; CPU {c.get('cpu')} ({c.get('cpu_count')} cores, "
+                     f"{c.get('torch_threads')} torch threads); GPU {c.get('gpu') or 'none'}; {versions}; "
+                     f"git {c.get('git_commit')}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def render_markdown(records: list[dict[str, Any]], title: str, plots: list[Path]) -> str:
+    runs = latest_ok(records)
+    header, rows = paper_table(records)
+    settings = [(r["spec"], r["dataset"], r.get("recipe"), r.get("epochs"), r.get("minutes"), r.get("seed"),
+                 " ".join(f"{k}={v}" for k, v in sorted((r.get("overrides") or {}).items()))) for r in runs]
+    parts = [f"# {title}", "",
+             "Top-1 accuracy (%) on each dataset's test split; params, operations (OPs = MACs + BOPs/64) and "
+             "speed of the run named in `measured on` (torch img/s on the training device, ONNX Runtime "
+             "batch-1 latency and batch throughput on CPU; medians).", "",
+             markdown_table(header, rows), "", "## Runs", "",
+             markdown_table(["spec", "dataset", "recipe", "epochs", "minutes", "seed", "overrides"],
+                            [[str(x if x is not None else "–") for x in s] for s in settings]),
+             "", "## Conditions", "", conditions_text(records)]
+    if plots:
+        parts += ["", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots]]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(records: list[dict[str, Any]], folder: Path, title: str = "Benchmark results",
+                 plots: bool = True) -> dict[str, Path]:
+    """Write report.md, table.csv, runs.csv (and the plots) into `folder`; return what was written."""
+    if not latest_ok(records):
+        raise UserError("no finished runs to report", hint="the results hold no run with status ok yet")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if plots:
+        from .plots import write_plots
+
+        written.update(write_plots(latest_ok(records), folder))
+    header, rows = paper_table(records)
+    (folder / "table.csv").write_text(_csv(header, rows))
+    (folder / "runs.csv").write_text(_csv([name for name, _ in RUN_COLUMNS],
+                                          ([get(r) for _, get in RUN_COLUMNS] for r in latest_ok(records))))
+    (folder / "report.md").write_text(render_markdown(records, title, list(written.values())))
+    written.update({"table.csv": folder / "table.csv", "runs.csv": folder / "runs.csv",
+                    "report.md": folder / "report.md"})
+    return written
