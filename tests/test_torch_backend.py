@@ -1,0 +1,64 @@
+"""The torch backend on every spec: state-dict contract, forward and backward."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitgraph
+from vitgraph.backends import torch_backend
+
+from torch_helpers import SPECS, small_graph
+
+
+def _loss(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return sum(o.float().pow(2).mean() for o in out) if isinstance(out, tuple) else out.float().pow(2).mean()
+
+
+def test_every_op_is_lowered() -> None:
+    assert torch_backend.HANDLED_OPS == frozenset(vitgraph.Op)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_state_dict_matches_param_and_buffer_tables(spec) -> None:
+    g = small_graph(spec)
+    model = vitgraph.to_torch(g)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = {k: tuple(s) for k, s in (vitgraph.param_table(g) | vitgraph.buffer_table(g)).items()}
+    assert got == want
+    params = {k for k, _ in model.named_parameters()}
+    assert params == set(vitgraph.param_table(g))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_forward_backward_every_spec(spec) -> None:
+    torch.manual_seed(0)
+    g = small_graph(spec)
+    model = vitgraph.to_torch(g).train()
+    x = torch.randn(2, *g.image)
+    out = model(x)
+    outs = out if isinstance(out, tuple) else (out,)
+    for o in outs:
+        assert o.shape == (2, g.classes)
+        assert torch.isfinite(o).all()
+    _loss(out).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (2, g.classes) and torch.isfinite(y).all()
+
+
+TIMM_DEIT_KEYS = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+                  "blocks.0.norm1.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias",
+                  "blocks.0.attn.proj.weight", "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.bias",
+                  "blocks.11.norm2.bias", "norm.weight", "norm.bias", "head.weight", "head.bias"}
+
+
+@pytest.mark.parametrize("name,extra", [("deit_tiny", set()), ("deit_tiny_distilled",
+                                                                 {"dist_token", "head_dist.weight", "head_dist.bias"})])
+def test_deit_keys_are_timm_keys(name, extra) -> None:
+    g = vitgraph.compile(f"specs/{name}.vg", image=32, patch=16)
+    keys = set(vitgraph.to_torch(g).state_dict())
+    assert TIMM_DEIT_KEYS | extra <= keys
+    assert len(keys) == 4 + 12 * 12 + 2 + 2 + (3 if extra else 0)  # 12 tensors per block
