@@ -6,18 +6,33 @@ the keys of the DeiT (Touvron et al. 2020) and timm checkpoints (`cls_token`,
 `pos_embed`, `patch_embed.proj.weight`, `blocks.0.attn.qkv.weight`, `head_dist.weight`),
 which therefore load with strict=True and no mapping.
 
+Checkpoints: `load_weights` reads vitgraph checkpoints and DeiT/timm ones (a dict with a
+"model" key, or a bare state dict), resampling position embeddings bicubically over the
+patch grid when the token grid differs; `build_command` implements
+`vitgraph build SPEC --backend torch`.
+
 The forward pass runs the graph's nodes in their stable topological order; the op
 modules live in backends/_torch_layers.py (full precision) and backends/_torch_binary.py
 (BinaryViT's binarization).
 """
 from __future__ import annotations
 
+import argparse
 import functools
-from typing import Any, Callable
+import math
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+import vitgraph
+from vitgraph.diagnostics import UserError
 from vitgraph.ir import Graph, Node, Op, TensorType
 from vitgraph.ops import input_types
 
@@ -165,3 +180,164 @@ class GraphModule(nn.Module):
 def to_torch(graph: Graph) -> GraphModule:
     """Lower a checked graph to a freshly initialised (timm-like init) nn.Module."""
     return GraphModule(graph)
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+StateDict = Mapping[str, Tensor]
+
+
+def resample_pos_embed(pos: Tensor, prefix: int, new_grid: tuple[int, int],
+                       old_grid: tuple[int, int] | None = None) -> Tensor:
+    """(1, prefix + gh*gw, D) -> (1, prefix + gh'*gw', D): the prefix rows (cls, dist)
+    are kept; the patch rows are resampled bicubically over the grid (DeiT's fine-tuning
+    at a new resolution). `old_grid` defaults to the square grid of the patch rows."""
+    n_old = pos.shape[1] - prefix
+    if old_grid is None:
+        side = math.isqrt(n_old)
+        if side * side != n_old:
+            raise UserError(f"cannot resample a position embedding of {n_old} patch rows: not a square grid")
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != n_old:
+        raise UserError(f"position embedding has {n_old} patch rows, not a {old_grid[0]}x{old_grid[1]} grid")
+    head, patches = pos[:, :prefix], pos[:, prefix:]
+    d = pos.shape[-1]
+    grid = patches.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2).float()  # (1, D, gh, gw)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], d).to(pos.dtype)
+    return torch.cat([head, patches], dim=1)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """torch.load a checkpoint on the CPU without running arbitrary pickled code (DeiT's
+    training checkpoints carry an argparse.Namespace, which is allowed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {_load_failure(e, path)}",
+                        hint="expected a file written by torch.save (a vitgraph, DeiT or timm checkpoint)") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def _load_failure(e: Exception, path: Path) -> str:
+    """One line saying why torch.load failed, without torch's advice to unpickle unsafely."""
+    text = str(e)
+    if "Unsupported global" in text:
+        found = re.search(r"GLOBAL (\S+)", text)
+        return "it holds Python objects besides tensors" + (f" ({found.group(1)})" if found else "")
+    if not zipfile.is_zipfile(path):
+        return "not a torch.save archive (corrupt, truncated or another format)"
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def extract_state_dict(obj: Mapping[str, Any], where: str = "checkpoint") -> dict[str, Tensor]:
+    """The state dict inside a checkpoint: its "model" (vitgraph, DeiT) or "state_dict"
+    entry, or the dict itself when all its values are tensors (timm). A DataParallel
+    `module.` prefix is dropped."""
+    for key in ("model", "state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad or not obj:
+        raise UserError(f"{where} holds no state dict: expected a 'model' entry or tensors, found "
+                        + (", ".join(f"{k!r}" for k in bad[:5]) if bad else "an empty dict"))
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_weights(module: nn.Module, graph: Graph,
+                 source: str | os.PathLike[str] | Mapping[str, Any]) -> list[str]:
+    """Load a checkpoint (path, checkpoint dict or state dict) into `module` strictly.
+    Position embeddings whose token grid differs are resampled (bicubic, prefix rows
+    kept). Raises UserError naming the missing, unexpected or mis-shaped keys. Returns
+    notes on what was adapted (for the CLI to print)."""
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
+    obj = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    state = extract_state_dict(obj, where)
+    target = module.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    if missing or unexpected:
+        parts = ([f"missing {len(missing)}: {_listing(missing)}"] if missing else []) + \
+                ([f"unexpected {len(unexpected)}: {_listing(unexpected)}"] if unexpected else [])
+        raise UserError(f"{where} does not fit {graph.name}: " + "; ".join(parts),
+                        hint="was the checkpoint written for another spec or --set overrides?")
+    notes: list[str] = []
+    pos_nodes = {n.name: n for n in graph if n.op is Op.POS_EMBED}
+    mismatched: list[str] = []
+    for key, want in target.items():
+        got = state[key]
+        if got.shape == want.shape:
+            continue
+        node = pos_nodes.get(key)
+        if node is not None and got.dim() == 3 and got.shape[-1] == want.shape[-1]:
+            state[key] = resample_pos_embed(got, node.out.prefix, node.out.grid)
+            notes.append(f"resampled {key} from {tuple(got.shape)} to {tuple(want.shape)} (bicubic)")
+        else:
+            mismatched.append(f"{key} {tuple(got.shape)} vs {tuple(want.shape)}")
+    if mismatched:
+        raise UserError(f"{where} does not fit {graph.name}: shapes differ (checkpoint vs model): "
+                        + _listing(mismatched, 6),
+                        hint="was the checkpoint written for another spec or --set overrides?")
+    module.load_state_dict(state, strict=True)
+    return notes
+
+
+def checkpoint_dict(module: nn.Module, graph: Graph) -> dict[str, Any]:
+    """What `vitgraph build` writes: the weights and the spec they belong to."""
+    spec = graph.spec
+    info = {"name": graph.name, "model": spec.model if spec else graph.name,
+            "path": spec.path if spec else None, "sources": dict(spec.sources) if spec else {},
+            "params": dict(spec.params) if spec else {}, "hash": spec.hash if spec else None}
+    return {"model": module.state_dict(), "spec": info, "vitgraph_version": vitgraph.__version__}
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """torch.save to a temporary file beside `path`, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:g}"
+
+
+def build_command(graph: Graph, args: argparse.Namespace) -> int:
+    """`vitgraph build SPEC --backend torch [-o OUT] [--weights CKPT]`: write a checkpoint
+    {"model", "spec"} and print a summary."""
+    module = to_torch(graph)
+    notes = load_weights(module, graph, args.weights) if args.weights else []
+    out = save_atomic(checkpoint_dict(module, graph), args.output or f"{graph.name}.pt")
+    total = vitgraph.count(graph).total
+    c, h, w = graph.image
+    lines = [f"built {graph.name} (torch) -> {out}",
+             f"  spec     {graph.spec.path if graph.spec else '-'}  hash {graph.spec.hash if graph.spec else '-'}",
+             f"  input    {c}x{h}x{w} -> {graph.classes} classes",
+             f"  params   {total.params:,} ({_si(total.fp_params)} full precision, {_si(total.binary_params)} binary)",
+             f"  MACs     {_si(total.macs)}   BOPs {_si(total.bops)}   OPs {_si(total.ops)}",
+             f"  weights  {args.weights if args.weights else 'initialised (timm-like)'}"]
+    lines += [f"  note     {n}" for n in notes]
+    print("\n".join(lines))
+    return 0
