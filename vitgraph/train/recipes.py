@@ -48,7 +48,7 @@ class Recipe:
     description: str = ""
     # optimisation
     epochs: int = 100
-    batch_size: int = 128
+    batch_size: int = 128  # global: split evenly over the processes of a multi-GPU run
     optimizer: str = "adamw"
     lr: float = 1e-3
     lr_base_batch: int = 0  # > 0: the learning rate is lr * batch_size / lr_base_batch (DeiT's rule)
@@ -91,10 +91,10 @@ class Recipe:
     eval_crop_pct: float = 1.0  # evaluation: resize to size / crop_pct, centre crop (DeiT 0.875)
     spec: Mapping[str, Any] = field(default_factory=dict)  # spec parameters, when the spec has them
 
-    def effective_lr(self, world_size: int = 1) -> float:
-        """The peak learning rate, scaled by the global batch when lr_base_batch is set."""
+    def effective_lr(self) -> float:
+        """The peak learning rate, scaled by the (global) batch size when lr_base_batch is set."""
         if self.lr_base_batch > 0:
-            return self.lr * self.batch_size * world_size / self.lr_base_batch
+            return self.lr * self.batch_size / self.lr_base_batch
         return self.lr
 
     def to_dict(self) -> dict[str, Any]:
