@@ -144,9 +144,10 @@ def _coerce(key: str, value: Any, where: str) -> Any:
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
         if kind is int:
-            if isinstance(value, float) and not value.is_integer():
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, bool) or not float(number).is_integer():
                 raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) else int(value)
+            return int(number)
         return kind(value)
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: {key} expects {kind.__name__}, got {value!r}", status=2) from e

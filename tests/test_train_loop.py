@@ -1,0 +1,204 @@
+"""The training loop on the embedded digits with a tiny spec: loss goes down, a seed reproduces a
+run, an interrupted run resumes exactly, a NaN stops the run keeping the last good checkpoint,
+distillation steps, fine-tuning to a new resolution and class count, and the train/eval CLI."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import write_specs
+
+import vitgraph
+from vitgraph.backends.torch_backend import checkpoint_dict, read_checkpoint, save_atomic
+from vitgraph.cli import main
+from vitgraph.data.pipeline import Augmenter
+from vitgraph.diagnostics import UserError
+from vitgraph.train import loop
+from vitgraph.train.finetune import load_pretrained
+from vitgraph.train.optim import build_optimizer, build_scheduler
+from vitgraph.train.recipes import load_recipe
+
+FAST = {"warmup_epochs": "0", "lr": "3e-3", "batch_size": "128"}
+# every random stream in use: crop, RandAugment, Mixup, stochastic depth
+RANDOM = {**FAST, "randaug_n": "1", "randaug_m": "5", "mixup_alpha": "0.2", "spec.drop_path": "0.1"}
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    return write_specs(tmp_path_factory.mktemp("specs"))
+
+
+def train(spec, out, epochs=1, overrides=FAST, **kw):
+    return loop.run(str(spec), "digits", "digits", epochs=epochs, out=out, overrides=overrides, progress=False,
+                    device="cpu", **kw)
+
+
+def weights(path):
+    return read_checkpoint(path)["model"]
+
+
+def test_loss_decreases_and_run_folder(specs, tmp_path):
+    result = train(specs[0], tmp_path / "run", epochs=3)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    losses = [float(r["train_loss"]) for r in rows]
+    accuracy = [float(r["train_acc"]) for r in rows]
+    assert len(rows) == 3 and losses[0] > losses[1] > losses[2] and accuracy[2] > accuracy[0]
+    assert 0 < result["top1"] <= result["top5"] and result["train_img_per_s"] > 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["recipe"]["name"] == "digits" and config["recipe"]["lr"] == 3e-3
+    assert config["spec"]["params"]["image"] == 16 and config["spec"]["params"]["classes"] == 10
+    assert config["dataset"]["train"] == 1437 and config["steps_per_epoch"] == 1437 // 128
+    ck = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ck["epoch"] == 3 and set(ck) >= {"model", "optimizer", "scheduler", "ema", "spec", "recipe", "history"}
+    assert ck["spec"]["hash"] == config["spec"]["hash"] and "tiny" in ck["spec"]["sources"][ck["spec"]["path"]]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["top1"] == result["top1"]
+
+
+def test_same_seed_same_weights(specs, tmp_path):
+    a = train(specs[0], tmp_path / "a", overrides=RANDOM, seed=3)
+    b = train(specs[0], tmp_path / "b", overrides=RANDOM, seed=3)
+    wa, wb = weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["train_loss"] == b["train_loss"] and a["top1"] == b["top1"]
+    c = train(specs[0], tmp_path / "c", overrides=RANDOM, seed=4)
+    wc = weights(tmp_path / "c" / "last.pt")
+    assert not torch.equal(wa["head.weight"], wc["head.weight"]) and c["train_loss"] != a["train_loss"]
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(specs, tmp_path, monkeypatch):
+    full = train(specs[0], tmp_path / "full", epochs=2, overrides=RANDOM)
+    real_step, calls = loop.train_step, []
+
+    def dies_in_epoch_two(*args):
+        calls.append(1)
+        if len(calls) == 1437 // 128 + 3:  # the third step of the second epoch
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(loop, "train_step", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(specs[0], tmp_path / "cut", epochs=2, overrides=RANDOM)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    assert read_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    with pytest.raises(UserError, match="already holds a run"):
+        train(specs[0], tmp_path / "cut", epochs=2, overrides=RANDOM)
+    with pytest.raises(UserError, match="other settings .*lr"):
+        train(specs[0], tmp_path / "cut", epochs=2, overrides={**RANDOM, "lr": "1e-3"}, resume=True)
+    resumed = train(specs[0], tmp_path / "cut", epochs=2, overrides=RANDOM, resume=True)
+    wf, wr = weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt")
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert resumed["top1"] == full["top1"] and resumed["epochs"] == 2
+    rows = list(csv.DictReader(open(tmp_path / "cut" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(specs, tmp_path, monkeypatch):
+    real_loss, calls = loop.training_loss, []
+
+    def goes_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) > 1437 // 128 + 1 else loss
+
+    monkeypatch.setattr(loop, "training_loss", goes_nan)
+    with pytest.raises(UserError, match="NaN or infinite in epoch 2") as e:
+        train(specs[0], tmp_path / "run", epochs=3)
+    assert "--resume" in e.value.hint
+    ck = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def _teacher_checkpoint(spec, path, **overrides):
+    graph = vitgraph.compile(spec, **overrides)
+    torch.manual_seed(11)
+    save_atomic(checkpoint_dict(vitgraph.to_torch(graph), graph), path)
+    return path
+
+
+def test_teacher_sees_the_same_augmented_batch(specs):
+    student_graph = vitgraph.compile(specs[1])
+    student, teacher = vitgraph.to_torch(student_graph), vitgraph.to_torch(vitgraph.compile(specs[0])).eval()
+    seen = {}
+    student.register_forward_pre_hook(lambda m, a: seen.__setitem__("student", a[0]))
+    teacher.register_forward_pre_hook(lambda m, a: seen.__setitem__("teacher", a[0]))
+    recipe = load_recipe("digits", {"distill": "hard"})
+    opt = build_optimizer(student, recipe, 1e-3)
+    step = loop.Step(student, student, opt, build_scheduler(opt, recipe, 1e-3, 10, 1), recipe,
+                     Augmenter(size=(16, 16), channels=3, classes=10, mean=torch.zeros(3), std=torch.ones(3)),
+                     None, teacher, None, loop.nullcontext)
+    before = student.head_dist.weight.clone()
+    x, t = torch.randn(4, 3, 16, 16), torch.eye(10)[:4]
+    loss, correct = loop.train_step(step, x, t)
+    assert torch.equal(seen["student"], seen["teacher"]) and torch.isfinite(loss)
+    assert not torch.equal(before, student.head_dist.weight)  # the distillation head learns
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard", "kd"])
+def test_training_with_a_teacher(specs, tmp_path, mode):
+    teacher = _teacher_checkpoint(specs[0], tmp_path / "teacher.pt", image=16, patch=4)
+    student = specs[1] if mode != "kd" else specs[0]
+    result = train(student, tmp_path / mode, teacher=str(specs[0]), teacher_weights=str(teacher), distill=mode)
+    assert np.isfinite(result["train_loss"])
+    config = json.loads((tmp_path / mode / "config.json").read_text())
+    assert config["recipe"]["distill"] == mode and config["teacher"]["weights"] == str(teacher)
+
+
+def test_distillation_needs_a_teacher(specs, tmp_path):
+    with pytest.raises(UserError, match="no teacher"):
+        train(specs[1], tmp_path / "x", distill="soft")
+    with pytest.raises(UserError, match="needs its weights"):
+        train(specs[1], tmp_path / "y", distill="soft", teacher=str(specs[0]))
+
+
+def test_finetune_new_resolution_and_classes(specs, tmp_path):
+    source_graph = vitgraph.compile(specs[0], image=16, patch=4, classes=100)  # 4x4 grid, 100 classes
+    torch.manual_seed(5)
+    source = vitgraph.to_torch(source_graph)
+    save_atomic(checkpoint_dict(source, source_graph), tmp_path / "src.pt")
+    target_graph = vitgraph.compile(specs[0], image=32, patch=4, classes=7)  # 8x8 grid, 7 classes
+    target = vitgraph.to_torch(target_graph)
+    fresh_head = target.head.weight.clone()
+    notes = load_pretrained(target, target_graph, str(tmp_path / "src.pt"))
+    assert any("resampled pos_embed" in n for n in notes) and any("replaced head.weight" in n for n in notes)
+    assert target.pos_embed.shape == (1, 65, 32)
+    assert torch.equal(target.pos_embed[:, 0], source.pos_embed[:, 0])  # cls row kept
+    key = "blocks.0.attn.qkv.weight"
+    assert torch.equal(target.state_dict()[key], source.state_dict()[key])
+    assert torch.equal(target.head.weight, fresh_head) and target.head.weight.shape == (7, 32)
+    # a timm-style bare state dict at the same grid loads unchanged
+    bare = {k: v.clone() for k, v in vitgraph.to_torch(target_graph).state_dict().items()}
+    assert load_pretrained(target, target_graph, bare) == [] and torch.equal(target.pos_embed, bare["pos_embed"])
+
+
+def test_train_from_weights(specs, tmp_path):
+    _teacher_checkpoint(specs[0], tmp_path / "src.pt", image=8, patch=4, classes=100)
+    result = train(specs[0], tmp_path / "run", weights=str(tmp_path / "src.pt"))
+    notes = json.loads((tmp_path / "run" / "config.json").read_text())["notes"]
+    assert any("resampled pos_embed" in n for n in notes) and any("replaced head.bias" in n for n in notes)
+    assert result["top1"] > 0
+
+
+def test_cli_train_and_eval(specs, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", str(specs[0]), "--dataset", "digits", "--epochs", "1", "--out", str(out), "--quiet",
+                 "--device", "cpu", "--recipe-set", "warmup_epochs=0", "lr=3e-3", "--set", "image=16"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed[printed.index("{"):])
+    assert {"top1", "top5", "train_img_per_s", "run_dir"} <= set(result)
+    assert main(["eval", str(specs[0]), "--weights", str(out / "best.pt"), "--dataset", "digits",
+                 "--device", "cpu", "--set", "image=16"]) == 0
+    line = capsys.readouterr().out
+    assert f"top-1 {result['top1']:.2f}%" in line and "top-5" in line and "(360 images)" in line
+
+
+def test_cli_errors_are_one_message(specs, tmp_path, capsys):
+    assert main(["train", str(specs[0]), "--dataset", "cifar10", "--data-root", str(tmp_path), "--no-download",
+                 "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset 'cifar10' not found") and "hint:" in err and "Traceback" not in err
+    assert main(["train", str(specs[0]), "--recipe-set", "lr=fast", "--out", str(tmp_path / "r")]) == 2
+    assert "lr expects float" in capsys.readouterr().err
