@@ -62,21 +62,22 @@ def quantize_probs(p: Tensor, alpha: Tensor) -> Tensor:
 
 
 def _clipped_ste(binary: Tensor, real: Tensor) -> Tensor:
-    """Forward `binary`, backward the gradient of clamp(real, -1, 1)."""
+    """Forward `binary`, backward the gradient of clamp(real, -1, 1); no gradient flows
+    through `binary` (so its scale is detached)."""
     clipped = real.clamp(-1.0, 1.0)
     return binary.detach() - clipped.detach() + clipped
 
 
 def binary_linear_weight(w: Tensor) -> Tensor:
     """(out, in) -> row-centred sign times per-row mean |W| (uncentred, detached)."""
-    scale = w.abs().mean(dim=1, keepdim=True).detach()  # (out, 1)
+    scale = w.abs().mean(dim=1, keepdim=True)  # (out, 1)
     centred = w - w.mean(dim=1, keepdim=True)
     return _clipped_ste(scale * torch.sign(centred), centred)
 
 
 def binary_conv_weight(w: Tensor) -> Tensor:
     """(out, in, kh, kw) -> sign times per-output-channel mean |W| (detached), no centring."""
-    scale = w.abs().mean(dim=(1, 2, 3), keepdim=True).detach()  # (out, 1, 1, 1)
+    scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)  # (out, 1, 1, 1)
     return _clipped_ste(scale * torch.sign(w), w)
 
 

@@ -77,7 +77,14 @@ HANDLED_OPS = frozenset(MODULE_BUILDERS) | {Op.INPUT, Op.TOKENS, Op.POS_EMBED, O
 
 
 class Namespace(nn.Module):
-    """A container on the dotted path of a node (e.g. `blocks`, `blocks.0`, `stages.1`)."""
+    """A container on the dotted path of a node (e.g. `blocks`, `blocks.0`, `stages.1`);
+    `model.blocks[3]` indexes it like timm's nn.Sequential."""
+
+    def __getitem__(self, key: int | str) -> nn.Module:
+        return self._modules[str(key)]
+
+    def __len__(self) -> int:
+        return len(self._modules)
 
 
 def _add(*xs: Tensor) -> Tensor:

@@ -1,0 +1,223 @@
+"""Reference-oracle tests: compiled specs against the hand-written plain-PyTorch models in
+tests/reference/, loaded with the same weights by state-dict key. Outputs agree within
+1e-5 in float32, and so do the gradients of the input and of every parameter."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitgraph
+from reference.binaryvit import BinaryViT, BinaryViTConfig, StageConfig
+from reference.vit import ShiftedPatchTokenization, ViTConfig, VisionTransformer
+from vitgraph.backends._torch_layers import shifted_patches
+
+from torch_helpers import ROOT
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def perturb(model: torch.nn.Module, seed: int, scale: float) -> None:
+    """Move every parameter and BatchNorm statistic off its initial value so that no
+    term of the forward pass is trivially zero (pool-branch scales, shifts, moves)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+            if name.endswith("alpha"):
+                p.fill_(0.04)  # BiT's probability step: keep it positive and in the range of p
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+
+
+def assert_same(model: torch.nn.Module, ref: torch.nn.Module, x: torch.Tensor, train: bool) -> None:
+    """Same weights -> same output, input gradient and parameter gradients."""
+    ref.load_state_dict(model.state_dict(), strict=True)
+    model.train(train)
+    ref.train(train)
+    outs = []
+    for m in (model, ref):
+        xi = x.clone().requires_grad_(True)
+        out = m(xi)
+        parts = out if isinstance(out, tuple) else (out,)
+        g = torch.Generator().manual_seed(7)
+        loss = sum((o * torch.randn(o.shape, generator=g)).sum() for o in parts)
+        loss.backward()
+        outs.append((parts, xi.grad, {k: p.grad for k, p in m.named_parameters()}))
+    (a, ga, pa), (b, gb, pb) = outs
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, **TOL)
+    torch.testing.assert_close(ga, gb, **TOL)
+    assert set(pa) == set(pb)
+    for k in pa:
+        assert pa[k] is not None and pb[k] is not None, k
+        torch.testing.assert_close(pa[k], pb[k], **TOL, msg=lambda m, k=k: f"gradient of {k}: {m}")
+    if train:  # BatchNorm running statistics moved the same way
+        rb = dict(ref.named_buffers())
+        for k, v in model.state_dict().items():
+            if "running" in k:
+                torch.testing.assert_close(v, rb[k], **TOL)
+
+
+def _image(seed: int, size: int = 32, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# -- ViT / DeiT / SPT / LSA ----------------------------------------------------------------
+VIT_CASES = {
+    # spec file, overrides, reference config
+    "deit_tiny": ("deit_tiny", dict(image=32, patch=16, drop_path=0.0, classes=10),
+                  ViTConfig(image=32, patch=16, classes=10)),
+    "deit_tiny_distilled": ("deit_tiny_distilled", dict(image=32, patch=16, drop_path=0.0, classes=10),
+                            ViTConfig(image=32, patch=16, classes=10, distilled=True)),
+    "vit": ("vit", dict(image=32, patch=8, drop_path=0.0),
+            ViTConfig(image=32, patch=8, depth=9, heads=12, head_dim=16, mlp_hidden=384, qkv_bias=False,
+                      eps=1e-5, classes=10)),
+    "vit_spt": ("vit_spt", dict(image=32, patch=8, drop_path=0.0),
+                ViTConfig(image=32, patch=8, depth=9, heads=12, head_dim=16, mlp_hidden=384, qkv_bias=False,
+                          eps=1e-5, classes=10, spt=True)),
+    "vit_lsa": ("vit_lsa", dict(image=32, patch=8, drop_path=0.0),
+                ViTConfig(image=32, patch=8, depth=9, heads=12, head_dim=16, mlp_hidden=384, qkv_bias=False,
+                          eps=1e-5, classes=10, lsa=True)),
+    "sl_vit": ("sl_vit", dict(image=32, patch=4, drop_path=0.0),
+               ViTConfig(image=32, patch=4, depth=9, heads=12, head_dim=16, mlp_hidden=384, qkv_bias=False,
+                         eps=1e-5, classes=10, spt=True, lsa=True)),
+}
+
+
+@pytest.mark.parametrize("case", list(VIT_CASES))
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_vit_family_matches_reference(case, train) -> None:
+    spec, overrides, cfg = VIT_CASES[case]
+    torch.manual_seed(0)
+    model = vitgraph.to_torch(vitgraph.compile(ROOT / f"specs/{spec}.vg", **overrides))
+    perturb(model, seed=1, scale=0.02)
+    assert_same(model, VisionTransformer(cfg), _image(2), train)
+
+
+def test_deit_block_matches_reference() -> None:
+    """One block on its own: a one-block DeiT spec against the reference Block."""
+    src = """
+    model one_block {
+        input 3 x 32 x 32
+        patchify 8 -> 64
+        tokens cls
+        pos-embed learned
+        norm layer eps 1e-6
+        blocks 1 { attention heads 4; mlp ratio 4 }
+        head token -> 10
+    }"""
+    model = vitgraph.to_torch(vitgraph.compile(src))
+    perturb(model, seed=3, scale=0.05)
+    ref = VisionTransformer(ViTConfig(image=32, patch=8, dim=64, depth=1, heads=4, mlp_hidden=256, classes=10))
+    assert_same(model, ref, _image(4), train=True)
+
+
+def test_spt_matches_reference_and_official_shift_directions() -> None:
+    spt = vitgraph.to_torch(vitgraph.compile(ROOT / "specs/vit_spt.vg", image=16, patch=4))
+    ref = ShiftedPatchTokenization(3, 192, 4)
+    ref.load_state_dict({k[len("patch_embed."):]: v for k, v in spt.state_dict().items()
+                         if k.startswith("patch_embed.")}, strict=True)
+    x = _image(5, 16)
+    torch.testing.assert_close(spt.patch_embed(x), ref(x), **TOL)
+    # one bright pixel at (h, w) = (5, 6): the official crops of the zero-padded image put it at
+    # (h+s, w+s) in left-up, (h+s, w-s) in right-up, (h-s, w+s) in left-down, (h-s, w-s) in right-down
+    img = torch.zeros(1, 1, 16, 16)
+    img[0, 0, 5, 6] = 1.0
+    p, s = 4, 2
+    tokens = shifted_patches(img, p)  # (1, 16, p*p*5), features ordered (p1, p2, c)
+    feats = tokens.view(1, 4, 4, p, p, 5).permute(0, 5, 1, 3, 2, 4).reshape(5, 16, 16)  # (c, H, W)
+    want = {0: (5, 6), 1: (5 + s, 6 + s), 2: (5 + s, 6 - s), 3: (5 - s, 6 + s), 4: (5 - s, 6 - s)}
+    for c, (h, w) in want.items():
+        assert feats[c, h, w] == 1.0 and feats[c].sum() == 1.0, c
+
+
+def test_lsa_masks_the_diagonal_and_uses_the_temperature() -> None:
+    model = vitgraph.to_torch(vitgraph.compile(ROOT / "specs/vit_lsa.vg", image=32, patch=16, drop_path=0.0))
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 5, 192)
+    with torch.no_grad():
+        attn.temperature.copy_(torch.linspace(0.1, 2.0, 12))
+    q, k, v = attn.qkv(x).reshape(2, 5, 3, 12, 16).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-2, -1)) * attn.temperature.view(1, -1, 1, 1)
+    scores = scores.masked_fill(torch.eye(5, dtype=torch.bool), -987654321.0)  # the official mask value
+    want = attn.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 192))
+    torch.testing.assert_close(attn(x), want, **TOL)
+
+
+# -- BinaryViT -----------------------------------------------------------------------------
+TINY_BINARYVIT = """
+model tiny_binaryvit {
+    input 3 x 32 x 32
+    norm batch eps 1e-5
+    stem conv 4 -> 16 precision fp
+    pos-embed learned
+    stage 16 depth 2 { attention heads 2 reduce 2; mlp hidden 64; pool-branches 3x1 1x3 5x1 1x5; affine-residual }
+    stage 32 depth 1 downsample merge pos-embed { attention heads 2; mlp hidden 64; pool-branches 3x1 1x3; affine-residual }
+    head gap -> 10
+    binarize weights activations attention except stem head%s
+}
+"""
+TINY_STAGES = [StageConfig(16, 2, 2, 64, reduce=2, kernels=((3, 1), (1, 3), (5, 1), (1, 5)), affine=True),
+               StageConfig(32, 1, 2, 64, kernels=((3, 1), (1, 3)), affine=True)]
+
+TINY_BINARY_DEIT = """
+model tiny_binary_deit {
+    input 3 x 32 x 32
+    patchify 8 -> 48
+    tokens cls
+    pos-embed learned
+    norm batch eps 1e-5
+    blocks 2 { attention heads 2; mlp ratio 4 }
+    head token -> 10
+    binarize weights activations attention except stem head
+}
+"""
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("transitions", ["binary", "fp"])
+def test_binaryvit_matches_reference(train, transitions) -> None:
+    src = TINY_BINARYVIT % (" transitions" if transitions == "fp" else "")
+    torch.manual_seed(0)
+    model = vitgraph.to_torch(vitgraph.compile(src))
+    perturb(model, seed=11, scale=0.1)
+    ref = BinaryViT(BinaryViTConfig(image=32, patch=4, stages=TINY_STAGES,
+                                    binary_transitions=transitions == "binary"))
+    assert_same(model, ref, _image(12), train)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_binary_deit_matches_reference(train) -> None:
+    torch.manual_seed(0)
+    model = vitgraph.to_torch(vitgraph.compile(TINY_BINARY_DEIT))
+    perturb(model, seed=13, scale=0.1)
+    ref = BinaryViT(BinaryViTConfig(image=32, patch=8, stages=[StageConfig(48, 2, 2, 192)], pyramid=False,
+                                    stem_norm=False, cls_token=True))
+    assert_same(model, ref, _image(14), train)
+
+
+def test_binary_attention_quantizes_probabilities(monkeypatch) -> None:
+    """The attention probabilities take only the values 0 and alpha, and alpha learns."""
+    from vitgraph.backends import _torch_layers
+
+    model = vitgraph.to_torch(vitgraph.compile(TINY_BINARY_DEIT))
+    perturb(model, seed=15, scale=0.1)
+    seen: list[torch.Tensor] = []
+    original = _torch_layers.quantize_probs
+
+    def spy(p: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        out = original(p, alpha)
+        seen.append(out.detach())
+        return out
+
+    monkeypatch.setattr(_torch_layers, "quantize_probs", spy)
+    model(_image(16)).sum().backward()
+    assert len(seen) == 2  # one per block
+    values = torch.unique(seen[0])
+    assert len(values) == 2 and values[0] == 0.0 and values[1].item() == pytest.approx(0.04)
+    alpha = model.blocks[0].attn.alpha
+    assert alpha.grad is not None and alpha.grad.abs().item() > 0
