@@ -68,6 +68,7 @@ def conditions(device: str) -> dict[str, Any]:
 
     return {"device": device, "cpu": cpu_model(), "gpu": gpu_model() if device.startswith("cuda") else None,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_avg_1min": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
             "platform": platform.platform(), "versions": library_versions(), "git_commit": git_commit()}
 
 

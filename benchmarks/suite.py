@@ -7,19 +7,25 @@ general to the particular, the command line last:
     [set]  <  [spec.S].set  <  [dataset.D].set  <  [dataset.D.spec.S].set  <  --set
 
     description = "..."
-    recipe = "small-datasets"             # a recipe of vitgraph/recipes/
+    recipe = "small-datasets"             # a recipe of vitgraph/recipes/ (default of every run)
     specs = ["vit", "sl_vit"]             # names in specs/ (or paths to .vg files)
-    datasets = ["cifar10", "svhn"]
+    datasets = ["cifar10", "svhn"]        # names the data layer knows (vitgraph/data)
     seed = 0
     device = "cpu"                        # optional: force a device (default: cuda when present)
-    [budget]                              # epochs and/or minutes per run
+    [budget]                              # epochs (whole) and/or minutes of training per run
     epochs = 100
     [measure]                             # what to time, and how hard (all optional)
     [dataset.svhn]
     set = { image = 32, patch = 4, classes = 10 }
-    epochs = 50                           # a per-dataset budget
+    epochs = 50                           # settings may sit at any layer
     [dataset.svhn.spec.binaryvit]
     set = { image = 160 }
+
+Settings a layer (the top, [spec.S], [dataset.D], [dataset.D.spec.S]) may hold besides `set`:
+epochs, minutes, recipe, recipe_set (recipe keys, e.g. { batch_size = 256 }), distill
+(none|soft|hard|kd), teacher (a spec; without teacher_weights, the weights of the suite's own
+run of that spec on the same dataset, which must have finished first), teacher_weights,
+teacher_set (the teacher's overrides).
 
 The tables of papers these suites reproduce are described in docs/PAPERS.md: DeiT (Touvron
 et al. 2020), ViT for small-size datasets (Lee et al. 2021), BinaryViT (Le & Li 2023).
@@ -37,10 +43,11 @@ from vitgraph.diagnostics import UserError, suggestion
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
-_TOP_KEYS = {"description", "recipe", "specs", "datasets", "seed", "device", "budget", "measure", "set",
-             "spec", "dataset"}
+_SETTINGS = {"epochs", "minutes", "recipe", "recipe_set", "teacher", "teacher_weights", "teacher_set", "distill"}
+_TOP_KEYS = {"description", "specs", "datasets", "seed", "device", "budget", "measure", "set", "spec",
+             "dataset"} | _SETTINGS - {"epochs", "minutes"}
 _BUDGET_KEYS = {"epochs", "minutes"}
-_LAYER_KEYS = {"set", "epochs", "minutes", "recipe"}  # what a [spec.S] / [dataset.D] table may hold
+_LAYER_KEYS = {"set"} | _SETTINGS  # what a [spec.S] / [dataset.D] / [dataset.D.spec.S] table may hold
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,16 @@ class Run:
     dataset: str
     overrides: Mapping[str, Any]
     recipe: str
-    epochs: float | None
+    epochs: int | None
     minutes: float | None
     seed: int
     device: str | None
     measure: Measure = field(default_factory=Measure)
+    recipe_overrides: Mapping[str, Any] = field(default_factory=dict)  # recipe keys, e.g. batch_size
+    teacher: str | None = None          # a spec of the suite (its run on this dataset) or a .vg path
+    teacher_weights: str | None = None  # default: the suite's own run of `teacher` on this dataset
+    teacher_overrides: Mapping[str, Any] = field(default_factory=dict)
+    distill: str | None = None          # none | soft | hard | kd (default: the recipe's)
 
     @property
     def id(self) -> str:
@@ -83,7 +95,10 @@ class Run:
     def config(self) -> dict[str, Any]:
         """The settings that define the run's result (not how it is measured)."""
         return {"spec": self.spec, "dataset": self.dataset, "overrides": dict(sorted(self.overrides.items())),
-                "recipe": self.recipe, "epochs": self.epochs, "minutes": self.minutes, "seed": self.seed}
+                "recipe": self.recipe, "recipe_overrides": dict(sorted(self.recipe_overrides.items())),
+                "epochs": self.epochs, "minutes": self.minutes, "seed": self.seed, "teacher": self.teacher,
+                "teacher_weights": self.teacher_weights,
+                "teacher_overrides": dict(sorted(self.teacher_overrides.items())), "distill": self.distill}
 
     def digest(self, spec_hash: str) -> str:
         """Identifies a result: same config and same spec text -> same digest -> skipped on rerun."""
@@ -141,44 +156,49 @@ def load_suite(name_or_path: str, specs_dir: Path | None = None) -> Suite:
     return parse_suite(doc, path.stem, path, specs_dir or default_specs_dir())
 
 
-def parse_suite(doc: Mapping[str, Any], name: str, path: Path, specs_dir: Path) -> Suite:
+def parse_suite(doc: Mapping[str, Any], suite_name: str, path: Path, specs_dir: Path) -> Suite:
     """Validate a suite document and expand it into runs (datasets x specs, in file order)."""
     where = str(path)
     _check_keys(doc, _TOP_KEYS, where)
-    for key in ("recipe", "specs", "datasets"):
+    for key in ("recipe", "specs", "datasets"):  # recipe: the default of every run
         if key not in doc:
             raise UserError(f"{where}: missing '{key}'", status=2)
     specs = _str_list(doc["specs"], f"{where}: specs")
     datasets = _str_list(doc["datasets"], f"{where}: datasets")
     budget = doc.get("budget", {})
     _check_keys(budget, _BUDGET_KEYS, f"{where}: [budget]")
-    spec_tables = _layer_tables(doc.get("spec", {}), specs, f"{where}: [spec]")
+    names = [Path(s).stem for s in specs]  # [spec.NAME] tables name a spec given as a path by its stem
+    spec_tables = _layer_tables(doc.get("spec", {}), names, f"{where}: [spec]")
     data_tables = _layer_tables(doc.get("dataset", {}), datasets, f"{where}: [dataset]", nested="spec",
-                                nested_names=specs)
+                                nested_names=names)
     measure = Measure.from_table(doc.get("measure", {}), f"{where}: [measure]")
     runs = []
     for dataset in datasets:  # dataset-major: a missing dataset is met once, results fill per dataset
-        for spec in specs:
+        for spec, name in zip(specs, names):
             dtab = data_tables.get(dataset, {})
-            layers = [doc, spec_tables.get(spec, {}), dtab, dtab.get("spec", {}).get(spec, {})]
+            layers = [doc, spec_tables.get(name, {}), dtab, dtab.get("spec", {}).get(name, {})]
             overrides = {k: v for layer in layers for k, v in layer.get("set", {}).items()}
-            setting = {k: v for layer in [doc, budget, *layers[1:]] for k, v in layer.items()
-                       if k in ("epochs", "minutes", "recipe")}
+            setting = {k: v for layer in [doc, budget, *layers[1:]] for k, v in layer.items() if k in _SETTINGS}
+            epochs = _opt_number(setting.get("epochs"), f"{where}: epochs")
             runs.append(Run(
-                suite=name, spec=Path(spec).stem, spec_path=str(_spec_file(spec, specs_dir)), dataset=dataset,
-                overrides=overrides, recipe=str(setting.get("recipe", doc["recipe"])),
-                epochs=_opt_float(setting.get("epochs"), f"{where}: epochs"),
-                minutes=_opt_float(setting.get("minutes"), f"{where}: minutes"),
-                seed=int(doc.get("seed", 0)), device=doc.get("device"), measure=measure))
+                suite=suite_name, spec=name, spec_path=str(_spec_file(spec, specs_dir)), dataset=dataset,
+                overrides=overrides, recipe=str(setting["recipe"]),
+                epochs=None if epochs is None else _whole(epochs, f"{where}: epochs"),
+                minutes=_opt_number(setting.get("minutes"), f"{where}: minutes"),
+                seed=int(doc.get("seed", 0)), device=doc.get("device"), measure=measure,
+                recipe_overrides=_table(setting.get("recipe_set", {}), f"{where}: recipe_set"),
+                teacher=setting.get("teacher"), teacher_weights=setting.get("teacher_weights"),
+                teacher_overrides=_table(setting.get("teacher_set", {}), f"{where}: teacher_set"),
+                distill=setting.get("distill")))
     if not any(r.epochs or r.minutes for r in runs):
         raise UserError(f"{where}: no budget; give [budget] epochs or minutes", status=2)
-    return Suite(name, path, str(doc.get("description", "")), tuple(runs))
+    return Suite(suite_name, path, str(doc.get("description", "")), tuple(runs))
 
 
 def narrow(suite: Suite, specs: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
-           epochs: float | None = None, minutes: float | None = None,
-           overrides: Mapping[str, Any] | None = None) -> Suite:
-    """The command line's --specs, --datasets, --epochs, --minutes and --set applied to a suite."""
+           epochs: int | None = None, minutes: float | None = None, overrides: Mapping[str, Any] | None = None,
+           recipe_overrides: Mapping[str, Any] | None = None) -> Suite:
+    """The command line's --specs, --datasets, --epochs, --minutes, --set and --recipe-set applied."""
     for asked, have, what in ((specs, suite.specs, "spec"), (datasets, suite.datasets, "dataset")):
         for item in asked or ():
             if item not in have:
@@ -191,6 +211,8 @@ def narrow(suite: Suite, specs: Sequence[str] | None = None, datasets: Sequence[
             r = replace(r, epochs=epochs, minutes=minutes)
         if overrides:
             r = replace(r, overrides={**r.overrides, **overrides})
+        if recipe_overrides:
+            r = replace(r, recipe_overrides={**r.recipe_overrides, **recipe_overrides})
         changed.append(r)
     return replace(suite, runs=tuple(changed))
 
@@ -244,12 +266,24 @@ def _str_list(value: Any, where: str) -> list[str]:
     return value
 
 
-def _opt_float(value: Any, where: str) -> float | None:
+def _opt_number(value: Any, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise UserError(f"{where}: expected a positive number, found {value!r}", status=2)
     return float(value)
+
+
+def _whole(value: float, where: str) -> int:
+    if value != int(value):
+        raise UserError(f"{where}: expected a whole number of epochs, found {value}", status=2)
+    return int(value)
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise UserError(f"{where}: expected a table", status=2)
+    return dict(value)
 
 
 def _typed(value: Any, kind: type, where: str) -> Any:

@@ -1,0 +1,384 @@
+"""The benchmark harness: for each (spec, dataset) of a suite, train with the suite's recipe,
+evaluate top-1/top-5, count params/MACs/BOPs/OPs, time the torch backend on the training
+device and the ONNX export on CPU, and append one record to <results>/runs.jsonl.
+
+It reproduces the comparison tables of DeiT (Touvron et al. 2020), ViT for small-size
+datasets (Lee et al. 2021) and BinaryViT (Le & Li 2023) for any set of specs.
+
+Each step is one function of (run, graph, ...) -> figures, so a step can be reused alone:
+    count_figures, train_and_evaluate, torch_speed, onnx_cpu_speed.
+`run_suite` sequences them: finished runs (same config and spec text) are skipped, an
+interrupted run resumes from its run folder, a missing dataset is reported once and its
+runs are left out while the rest of the suite goes on.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import vitgraph
+from vitgraph.diagnostics import UserError
+from vitgraph.ir import Graph
+
+from .results import ResultStore, conditions
+from .suite import Measure, Run, Suite, shard
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A run with its compiled graph and the digest that identifies its result."""
+
+    run: Run
+    graph: Graph
+    digest: str
+
+
+@dataclass
+class Outcome:
+    """What a call of run_suite did."""
+
+    done: list[dict[str, Any]] = field(default_factory=list)      # records written now
+    skipped: list[Planned] = field(default_factory=list)          # already in the results
+    failed: list[dict[str, Any]] = field(default_factory=list)    # records of runs that raised a UserError
+    missing: dict[str, UserError] = field(default_factory=dict)   # dataset -> why it could not be loaded
+    left_out: list[Planned] = field(default_factory=list)         # runs of missing datasets
+
+
+def compile_run(run: Run) -> Graph:
+    """The graph the run trains, compiled as the training API compiles it: the recipe's [spec]
+    values the spec declares, then the suite's overrides (classes as the suite sets them)."""
+    from vitgraph.train.loop import compile_for
+    from vitgraph.train.recipes import load_recipe
+
+    recipe = load_recipe(run.recipe, run.recipe_overrides)
+    declared = vitgraph.compile(run.spec_path)
+    classes = int(run.overrides.get("classes", declared.classes))
+    return compile_for(run.spec_path, classes, recipe, run.overrides)[0]
+
+
+def plan(runs: tuple[Run, ...] | list[Run]) -> list[Planned]:
+    """Compile every run: a suite that does not compile fails before anything trains."""
+    planned = []
+    for run in runs:
+        graph = compile_run(run)
+        planned.append(Planned(run, graph, run.digest(graph.spec.hash)))
+    return planned
+
+
+def resolve_device(run: Run, asked: str | None) -> str:
+    """The suite's device if it names one, else the command line's, else cuda when present."""
+    if run.device:
+        return run.device
+    if asked:
+        return asked
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# -- the steps ------------------------------------------------------------------------
+def count_figures(graph: Graph) -> dict[str, float]:
+    """Params (all, binary, full precision), MACs, BOPs and OPs = MACs + BOPs/64."""
+    return vitgraph.count(graph).total.as_dict()
+
+
+def spread(samples: list[float]) -> dict[str, float]:
+    """Median and spread (quartiles, extremes) of repeated measurements."""
+    import numpy as np
+
+    q = np.percentile(samples, [0, 25, 50, 75, 100])
+    return {"median": float(q[2]), "q1": float(q[1]), "q3": float(q[3]), "min": float(q[0]), "max": float(q[4]),
+            "n": len(samples)}
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, device: str = "cpu") -> list[float]:
+    """Seconds per call of `fn`, after `warmup` untimed calls; CUDA calls are timed with events."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    cuda = device.startswith("cuda")
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(begin.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def torch_speed(graph: Graph, device: str, measure: Measure) -> dict[str, Any]:
+    """Images per second of the torch backend on `device` at batch `measure.batch`: a training
+    step (forward, cross-entropy, backward, AdamW step) and an inference forward (eval mode)."""
+    import torch
+
+    model = vitgraph.to_torch(graph).to(device)
+    x = torch.randn(measure.batch, *graph.image, device=device)  # (B, C, H, W)
+    y = torch.randint(0, graph.classes, (measure.batch,), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step() -> None:
+        out = model(x)
+        logits = sum(out) / len(out) if isinstance(out, tuple) else out  # DeiT's two heads while training
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def infer() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    model.train()
+    train = time_calls(train_step, measure.warmup, measure.repeats, device)
+    model.eval()
+    infer_times = time_calls(infer, measure.warmup, measure.repeats, device)
+    return {"device": device, "batch": measure.batch, "threads": torch.get_num_threads(),
+            "train_img_s": spread([measure.batch / t for t in train]),
+            "infer_img_s": spread([measure.batch / t for t in infer_times])}
+
+
+def onnx_cpu_speed(graph: Graph, checkpoint: Path, measure: Measure) -> dict[str, Any]:
+    """The trained weights exported to ONNX and run by onnxruntime on the CPU: batch-1 latency
+    (ms) and batch-`measure.batch` throughput (img/s)."""
+    import numpy as np
+
+    from vitgraph.backends.onnx_backend import make_session
+    from vitgraph.backends.torch_backend import read_checkpoint
+
+    session = make_session(vitgraph.to_onnx(graph, read_checkpoint(checkpoint)["model"]))
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, *graph.image), dtype=np.float32)               # (1, C, H, W)
+    many = rng.standard_normal((measure.batch, *graph.image), dtype=np.float32)  # (B, C, H, W)
+    latency = time_calls(lambda: session.run(None, {name: one}), measure.warmup, measure.repeats * 5)
+    batch = time_calls(lambda: session.run(None, {name: many}), measure.warmup, measure.repeats)
+    options = session.get_session_options()
+    return {"batch": measure.batch, "threads": options.intra_op_num_threads,
+            "latency_ms": spread([1000 * t for t in latency]),
+            "throughput_img_s": spread([measure.batch / t for t in batch])}
+
+
+@dataclass(frozen=True)
+class Teacher:
+    spec: str                       # a .vg path
+    weights: str
+    overrides: Mapping[str, Any]
+
+
+def find_teacher(p: Planned, suite_plan: list[Planned], store: ResultStore) -> Teacher | None:
+    """The run's teacher when its recipe distils: the given weights, or the last weights of the
+    suite's own run of the teacher spec on the same dataset, once that run has finished training
+    (its run folder holds results.json; it may have run on another shard)."""
+    from vitgraph.train.recipes import load_recipe
+
+    run = p.run
+    distill = run.distill or load_recipe(run.recipe, run.recipe_overrides).distill
+    if distill == "none" or not run.teacher:
+        return None
+    spec = run.teacher if run.teacher.endswith(".vg") else str(Path(run.spec_path).parent / f"{run.teacher}.vg")
+    if run.teacher_weights:
+        return Teacher(spec, run.teacher_weights, run.teacher_overrides)
+    wanted = f"{Path(spec).stem}@{run.dataset}"
+    own = next((q for q in suite_plan if q.run.id == wanted), None)
+    if own is None:
+        raise UserError(f"{run.id} distils from {wanted}, which is not a run of suite '{run.suite}'",
+                        hint="add the teacher spec to the suite, or give teacher_weights")
+    folder = store.run_folder(own.run.id, own.digest)
+    if not (folder / "results.json").is_file():
+        raise UserError(f"{run.id} distils from {wanted}, which has not finished training in {folder}",
+                        hint=f"run {wanted} first (it comes earlier in the suite), or give teacher_weights")
+    overrides = {k: v for k, v in own.run.overrides.items() if k != "classes"}
+    return Teacher(spec, str(folder / "last.pt"), {**overrides, **run.teacher_overrides})
+
+
+def train_and_evaluate(p: Planned, folder: Path, epochs: int, device: str, teacher: Teacher | None,
+                       data_root: str | None, download: bool, progress: bool) -> dict[str, Any]:
+    """Train with the run's recipe into `folder` (resuming what is there) and evaluate on the
+    test split: the last epoch's top-1/top-5 (%), not the best one, so no test-set selection."""
+    from vitgraph import train
+
+    result = _finished(folder, epochs, p.graph.spec.hash)
+    if result is None:
+        run = p.run
+        result = train.run(run.spec_path, run.dataset, run.recipe, epochs=epochs, overrides=run.recipe_overrides,
+                           spec_overrides=run.overrides, out=folder, resume=(folder / "last.pt").is_file(),
+                           seed=run.seed, device=device,
+                           data_root=data_root, download=download, progress=progress, distill=run.distill,
+                           teacher=teacher and teacher.spec, teacher_weights=teacher and teacher.weights,
+                           teacher_overrides=teacher and teacher.overrides)
+    if result["spec_hash"] != p.graph.spec.hash:
+        raise UserError(f"{p.run.id}: trained spec hash {result['spec_hash']} differs from the planned "
+                        f"{p.graph.spec.hash}", hint="the recipe or the spec changed while the suite ran")
+    keep = ("top1", "top5", "ema_top1", "ema_top5", "best_top1", "best_epoch", "epochs", "train_img_per_s",
+            "world_size")
+    return {**{k: result[k] for k in keep if k in result}, "train_seconds": result.get("train_time_s")}
+
+
+def _finished(folder: Path, epochs: int, spec_hash: str) -> dict[str, Any] | None:
+    """The training result in a run folder that already trained all its epochs (a run killed
+    after training but before its record was written), else None."""
+    path = folder / "results.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("epochs") == epochs and result.get("spec_hash") == spec_hash else None
+
+
+def budget_epochs(p: Planned, folder: Path, train_img_s: float | None, train_images: int) -> int:
+    """The run's epochs: the suite's, or, for a budget in minutes, as many whole epochs as the
+    measured training throughput fits in it (at least 1, at most the epochs if given too).
+    The choice is kept in the run folder so a resumed run trains to the same schedule."""
+    run = p.run
+    if run.minutes is None:
+        assert run.epochs is not None
+        return run.epochs
+    kept = folder / "budget.json"
+    if kept.is_file():
+        return int(json.loads(kept.read_text())["epochs"])
+    from vitgraph.train.recipes import load_recipe
+
+    if not train_img_s:
+        raise UserError(f"{run.id}: a budget in minutes needs the training throughput",
+                        hint="enable measure.torch_throughput or give the budget in epochs")
+    recipe = load_recipe(run.recipe, run.recipe_overrides)
+    per_epoch = train_images * (1 if recipe.repeats_truncate else recipe.repeats)
+    epochs = max(1, int(run.minutes * 60 * train_img_s // per_epoch))
+    if run.epochs:
+        epochs = min(epochs, run.epochs)
+    folder.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps({"epochs": epochs, "minutes": run.minutes, "train_img_s": train_img_s,
+                                "images_per_epoch": per_epoch}))
+    return epochs
+
+
+# -- sequencing -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Options:
+    """How run_suite runs, as opposed to what (the suite)."""
+
+    device: str | None = None          # default: the suite's, else cuda when present
+    data_root: str | None = None
+    download: bool = True
+    shard: tuple[int, int] | None = None
+    force: bool = False                # rerun finished runs
+    progress: bool = False             # per-batch progress bars while training
+
+
+def main_process() -> bool:
+    """Rank 0 of a torchrun launch (or a plain process): the one that measures and writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def select(suite: Suite, store: ResultStore, opts: Options) -> tuple[list[Planned], list[Planned], list[Planned]]:
+    """(the whole suite compiled, this shard's runs to do, this shard's runs already done)."""
+    everything = plan(suite.runs)
+    mine = shard(everything, *opts.shard) if opts.shard else everything
+    done = set() if opts.force else store.completed()
+    return everything, [p for p in mine if p.digest not in done], [p for p in mine if p.digest in done]
+
+
+def run_suite(suite: Suite, store: ResultStore, opts: Options, log: Log = print) -> Outcome:
+    """Run what is left of (this shard of) a suite, dataset by dataset; see the module docstring."""
+    everything, todo, done = select(suite, store, opts)
+    outcome = Outcome(skipped=done)
+    if done:
+        log(f"{len(done)} run(s) already in {store.path}: " + ", ".join(p.run.id for p in done))
+    for dataset in dict.fromkeys(p.run.dataset for p in todo):
+        runs = [p for p in todo if p.run.dataset == dataset]
+        try:
+            train_images = dataset_size(dataset, opts)
+        except UserError as e:  # reported once for all its runs; the other datasets go on
+            outcome.missing[dataset] = e
+            outcome.left_out += runs
+            log(f"error: dataset {dataset}: {e.message}" + (f"\nhint: {e.hint}" if e.hint else "")
+                + f"\nleft out: {', '.join(p.run.id for p in runs)}")
+            continue
+        for p in runs:
+            number = len(outcome.done) + len(outcome.failed) + 1
+            log(f"[{number}/{len(todo) - len(outcome.left_out)}] {p.run.id} "
+                f"({' '.join(f'{k}={v}' for k, v in p.run.overrides.items())})")
+            record = execute(p, everything, store, opts, train_images, log)
+            (outcome.done if record["status"] == "ok" else outcome.failed).append(record)
+    return outcome
+
+
+def dataset_size(name: str, opts: Options) -> int:
+    """The number of training images; raises the data layer's UserError (what is missing and
+    how to get it) when the dataset cannot be found or fetched."""
+    from vitgraph.data.datasets import load_dataset
+
+    return len(load_dataset(name, opts.data_root, opts.download).train)
+
+
+def execute(p: Planned, everything: list[Planned], store: ResultStore, opts: Options, train_images: int,
+            log: Log) -> dict[str, Any]:
+    """All steps of one run; a UserError (bad recipe, missing teacher, NaN loss) fails this run only."""
+    started = time.time()
+    device = resolve_device(p.run, opts.device)
+    folder = store.run_folder(p.run.id, p.digest)
+    measure = p.run.measure
+    main = main_process()
+    figures: dict[str, Any] = {"counts": count_figures(p.graph)}
+    try:
+        if measure.torch_throughput and main:
+            figures["torch"] = torch_speed(p.graph, device, measure)
+        epochs = budget_epochs(p, folder, figures.get("torch", {}).get("train_img_s", {}).get("median"),
+                               train_images)
+        teacher = find_teacher(p, everything, store)
+        metrics = train_and_evaluate(p, folder, epochs, device, teacher, opts.data_root, opts.download,
+                                     opts.progress)
+        metrics["run_dir"] = str(folder.relative_to(store.folder))
+        figures["metrics"] = metrics
+        if measure.onnx_cpu and main:
+            figures["onnx_cpu"] = onnx_cpu_speed(p.graph, folder / "last.pt", measure)
+    except UserError as e:
+        log(f"error: {p.run.id}: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))
+        record = _record(p, "failed", device, started, error=e.message, hint=e.hint, **figures)
+    else:
+        record = _record(p, "ok", device, started, **figures)
+        log(_summary(record))
+    if main:
+        store.append(record)
+    return record
+
+
+def _summary(record: Mapping[str, Any]) -> str:
+    m, c = record["metrics"], record["counts"]
+    parts = [f"top-1 {m['top1']:.2f}%", f"top-5 {m['top5']:.2f}%", f"{m['epochs']} epochs",
+             f"{c['params'] / 1e6:.2f}M params", f"{c['ops'] / 1e9:.3f}G OPs"]
+    if "torch" in record:
+        parts.append(f"train {record['torch']['train_img_s']['median']:.0f} / infer "
+                     f"{record['torch']['infer_img_s']['median']:.0f} img/s ({record['torch']['device']})")
+    if "onnx_cpu" in record:
+        parts.append(f"ONNX CPU {record['onnx_cpu']['latency_ms']['median']:.2f} ms")
+    return "    " + ", ".join(parts)
+
+
+def _record(p: Planned, status: str, device: str, started: float, **figures: Any) -> dict[str, Any]:
+    run = p.run
+    return {
+        "suite": run.suite, "run": run.id, "digest": p.digest, "status": status,
+        "spec": run.spec, "spec_path": run.spec_path, "model": p.graph.name, "spec_hash": p.graph.spec.hash,
+        "spec_params": p.graph.spec.params, "dataset": run.dataset, **run.config(),
+        "started": _iso(started), "finished": _iso(time.time()), "seconds": round(time.time() - started, 2),
+        **figures, "conditions": conditions(device),
+    }
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t).isoformat(timespec="seconds")

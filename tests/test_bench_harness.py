@@ -1,0 +1,182 @@
+"""The harness on a tiny spec and the embedded digits: a suite runs, writes one record per
+run with figures and conditions, skips finished runs when run again, resumes an interrupted
+run from its checkpoint, and reports a missing dataset once while the rest of the suite runs."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from vitgraph.benchmarks import harness as H
+from vitgraph.benchmarks.results import ResultStore
+from vitgraph.benchmarks.suite import load_suite, narrow
+from vitgraph.cli import main
+
+TINY = """\
+param image = 8
+param patch = 4
+param classes = 10
+model tiny {
+    input 3 x image x image
+    patchify patch -> 16
+    tokens cls
+    pos-embed learned
+    norm layer eps 1e-5
+    blocks 1 { attention heads 2; mlp ratio 2 }
+    head token -> classes
+}
+"""
+
+
+def _suite_file(tmp_path: Path, datasets: str = '["digits"]', measure: str = "torch_throughput = false\n"
+                "onnx_cpu = false", epochs: int = 1) -> Path:
+    (tmp_path / "tiny.vg").write_text(TINY)
+    (tmp_path / "tiny2.vg").write_text(TINY.replace("model tiny", "model tiny2").replace("-> 16", "-> 8"))
+    path = tmp_path / "t.toml"
+    path.write_text(f"""
+recipe = "digits"
+specs = ["{tmp_path / 'tiny.vg'}", "{tmp_path / 'tiny2.vg'}"]
+datasets = {datasets}
+device = "cpu"
+recipe_set = {{ batch_size = 128 }}
+[budget]
+epochs = {epochs}
+[set]
+image = 8
+[measure]
+{measure}
+""")
+    return path
+
+
+def _opts(tmp_path: Path) -> H.Options:
+    return H.Options(data_root=str(tmp_path / "no-data"), download=False)
+
+
+def test_suite_runs_then_skips(tmp_path):
+    suite = load_suite(str(_suite_file(tmp_path, measure="batch = 4\nwarmup = 1\nrepeats = 2")))
+    store = ResultStore(tmp_path / "res")
+    lines: list[str] = []
+    outcome = H.run_suite(suite, store, _opts(tmp_path), lines.append)
+    assert [r["run"] for r in outcome.done] == ["tiny@digits", "tiny2@digits"] and not outcome.failed
+    records = store.records()
+    assert len(records) == 2
+    r = records[0]
+    assert r["status"] == "ok" and r["suite"] == "t" and r["spec_hash"] == H.compile_run(suite.runs[0]).spec.hash
+    assert 0 <= r["metrics"]["top1"] <= r["metrics"]["top5"] <= 100 and r["metrics"]["epochs"] == 1
+    assert r["counts"]["params"] > 0 and r["counts"]["ops"] == r["counts"]["macs"]
+    assert r["torch"]["train_img_s"]["median"] > 0 and r["torch"]["infer_img_s"]["n"] == 2
+    assert r["onnx_cpu"]["latency_ms"]["median"] > 0 and r["onnx_cpu"]["throughput_img_s"]["median"] > 0
+    assert r["overrides"] == {"image": 8} and r["recipe"] == "digits" and r["seed"] == 0
+    assert r["spec_params"]["image"] == 8 and r["spec_params"]["patch"] == 4  # recipe [spec] < suite
+    cond = r["conditions"]
+    assert cond["device"] == "cpu" and cond["cpu"] and cond["versions"]["torch"] and "git_commit" in cond
+    assert (store.folder / r["metrics"]["run_dir"] / "last.pt").is_file()
+
+    lines.clear()
+    again = H.run_suite(suite, store, _opts(tmp_path), lines.append)
+    assert not again.done and [p.run.id for p in again.skipped] == ["tiny@digits", "tiny2@digits"]
+    assert len(store.records()) == 2 and "2 run(s) already in" in lines[0]
+
+    more = narrow(suite, specs=["tiny"], epochs=2)  # a new budget is a new result
+    assert [r["run"] for r in H.run_suite(more, store, _opts(tmp_path), lines.append).done] == ["tiny@digits"]
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import vitgraph.train.loop as loop
+
+    suite = narrow(load_suite(str(_suite_file(tmp_path, epochs=2))), specs=["tiny"])
+    store = ResultStore(tmp_path / "res")
+    real = loop.evaluate_model
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_model", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        H.run_suite(suite, store, _opts(tmp_path), lambda _: None)
+    assert store.records() == []
+    folder = next((store.folder / "runs").iterdir())
+    first = list(csv.DictReader((folder / "metrics.csv").open()))
+    assert len(first) == 1 and (folder / "last.pt").is_file()
+
+    monkeypatch.setattr(loop, "evaluate_model", real)
+    outcome = H.run_suite(suite, store, _opts(tmp_path), lambda _: None)
+    assert outcome.done[0]["metrics"]["epochs"] == 2
+    rows = list(csv.DictReader((folder / "metrics.csv").open()))
+    assert len(rows) == 2 and rows[0] == first[0]  # epoch 1 was not trained again
+    assert "resumed from" in " ".join(json.loads((folder / "config.json").read_text())["notes"])
+
+
+def test_missing_dataset_is_reported_once_and_the_rest_runs(tmp_path, capsys):
+    path = _suite_file(tmp_path, datasets='["cifar100", "digits"]')
+    results = tmp_path / "res"
+    status = main(["bench", "--suite", str(path), "--results", str(results), "--data-root", str(tmp_path / "none"),
+                   "--no-download", "--no-report"])
+    out = capsys.readouterr()
+    assert status == 1
+    assert out.out.count("dataset 'cifar100' not found") == 1
+    assert "cifar-100-python.tar.gz" in out.out and "left out: tiny@cifar100, tiny2@cifar100" in out.out
+    assert "missing dataset(s): cifar100 (2 run(s) left out)" in out.err
+    assert "| tiny |" in out.out and "| tiny2 |" in out.out  # the table of what ran
+    assert [r["run"] for r in ResultStore(results).records()] == ["tiny@digits", "tiny2@digits"]
+
+
+def test_bad_recipe_is_caught_before_anything_trains(tmp_path):
+    path = _suite_file(tmp_path)
+    path.write_text(path.read_text().replace("[budget]", "[spec.tiny2]\nrecipe_set = { lr = -1 }\n[budget]"))
+    with pytest.raises(H.UserError, match="lr and distill_tau must be > 0"):
+        H.plan(load_suite(str(path)).runs)
+
+
+def test_failed_run_is_recorded_and_the_suite_goes_on(tmp_path):
+    path = _suite_file(tmp_path)  # tiny distils from tiny2, which comes later: tiny fails, tiny2 runs
+    path.write_text(path.read_text().replace("[budget]", '[spec.tiny]\ndistill = "kd"\nteacher = "tiny2"\n[budget]'))
+    lines: list[str] = []
+    outcome = H.run_suite(load_suite(str(path)), ResultStore(tmp_path / "res"), _opts(tmp_path), lines.append)
+    assert [r["run"] for r in outcome.failed] == ["tiny@digits"] and [r["run"] for r in outcome.done] == ["tiny2@digits"]
+    assert outcome.failed[0]["status"] == "failed" and "has not finished" in outcome.failed[0]["error"]
+    assert any(line.startswith("error: tiny@digits: tiny@digits distils from tiny2@digits") for line in lines)
+    assert [r["status"] for r in ResultStore(tmp_path / "res").records()] == ["failed", "ok"]
+
+
+def test_distilling_run_needs_its_teacher_first(tmp_path):
+    path = _suite_file(tmp_path)
+    path.write_text(path.read_text().replace("[budget]", '[spec.tiny2]\ndistill = "kd"\nteacher = "tiny"\n[budget]'))
+    suite = load_suite(str(path))
+    store = ResultStore(tmp_path / "res")
+    everything = H.plan(suite.runs)
+    student = everything[1]
+    with pytest.raises(H.UserError, match="tiny2@digits distils from tiny@digits, which has not finished"):
+        H.find_teacher(student, everything, store)
+    outcome = H.run_suite(suite, store, _opts(tmp_path), lambda _: None)
+    assert [r["run"] for r in outcome.done] == ["tiny@digits", "tiny2@digits"]
+    teacher = H.find_teacher(student, everything, store)
+    assert teacher.weights.endswith("last.pt") and Path(teacher.weights).is_file()
+    assert teacher.overrides == {"image": 8}
+
+
+def test_shards_write_into_one_folder(tmp_path):
+    path = _suite_file(tmp_path)
+    results = tmp_path / "res"
+    for i in (1, 2):
+        assert main(["bench", "--suite", str(path), "--results", str(results), "--shard", f"{i}/2",
+                     "--no-report"]) == 0
+    assert sorted(r["run"] for r in ResultStore(results).records()) == ["tiny2@digits", "tiny@digits"]
+    assert main(["bench", "--suite", str(path), "--results", str(results), "--list"]) == 0
+
+
+def test_minutes_budget_becomes_whole_epochs_kept_for_resume(tmp_path):
+    suite = narrow(load_suite(str(_suite_file(tmp_path))), specs=["tiny"], minutes=0.5)
+    p = H.plan(suite.runs)[0]
+    folder = tmp_path / "run"
+    # 1437 digits images, 3 repeats in the digits recipe? no: repeats 1 -> 30 s * 100 img/s / 1437 -> 2 epochs
+    assert H.budget_epochs(p, folder, 100.0, 1437) == 2
+    assert H.budget_epochs(p, folder, 1e6, 1437) == 2  # the first choice is kept
+    assert H.budget_epochs(p, tmp_path / "other", 1.0, 1437) == 1  # at least one epoch

@@ -1,0 +1,114 @@
+"""`vitgraph bench [--suite NAME|FILE]`: run a benchmark suite (default: smoke, the embedded
+digits on CPU) and print the papers'-shape table; results go to results/<suite>/runs.jsonl,
+the report (markdown, CSV, plots) beside it. See benchmarks/harness.py.
+
+Several machines: `--shard i/n` on each, all writing into one (shared) results folder.
+Several GPUs per run: launch the command under torchrun, e.g.
+    torchrun --nproc-per-node 8 $(which vitgraph) bench --suite large
+every process trains (DistributedDataParallel, the recipe's batch split over them) and rank 0
+alone measures and writes; `--nproc N` does that launch for you.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ..cli import parse_overrides
+from ..diagnostics import UserError
+
+
+def _names(text: str) -> list[str]:
+    return [t for t in text.replace(",", " ").split() if t]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", default="smoke", help="a suite name in benchmarks/suites or a .toml file (default: smoke)")
+    p.add_argument("--specs", type=_names, help="only these specs of the suite (comma-separated)")
+    p.add_argument("--datasets", type=_names, help="only these datasets of the suite (comma-separated)")
+    p.add_argument("--epochs", type=int, help="train every run this many epochs (replaces the suite's budget)")
+    p.add_argument("--minutes", type=float, help="a training budget in minutes per run (replaces the suite's)")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override spec parameters of every run")
+    p.add_argument("--recipe-set", nargs="+", metavar="KEY=VALUE", help="override recipe keys of every run")
+    p.add_argument("--results", metavar="DIR", help="results folder (default: results/<suite>)")
+    p.add_argument("--data-root", metavar="DIR", help="where datasets are (default: $VITGRAPH_DATA)")
+    p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the suite's, else cuda when present)")
+    p.add_argument("--shard", metavar="I/N", help="run the I-th of N interleaved parts of the suite (1-based)")
+    p.add_argument("--nproc", type=int, default=1, help="GPUs per run: relaunch under torchrun with N processes")
+    p.add_argument("--force", action="store_true", help="rerun runs that already have results")
+    p.add_argument("--list", action="store_true", help="print the runs and whether they are done; train nothing")
+    p.add_argument("--specs-dir", metavar="DIR", help="where the suite's specs are (default: ./specs)")
+    p.add_argument("--progress", action="store_true", help="per-batch progress bars while training")
+    p.add_argument("--no-report", action="store_true", help="do not write report.md, CSV and plots at the end")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _relaunch(args.nproc)
+    from ..benchmarks import harness
+    from ..benchmarks.report import markdown_table, paper_table, write_report
+    from ..benchmarks.results import ResultStore
+    from ..benchmarks.suite import load_suite, narrow, parse_shard
+
+    suite = load_suite(args.suite, Path(args.specs_dir) if args.specs_dir else None)
+    suite = narrow(suite, args.specs, args.datasets, args.epochs, args.minutes, parse_overrides(args.set),
+                   parse_overrides(args.recipe_set))
+    store = ResultStore(Path(args.results or Path("results") / suite.name))
+    opts = harness.Options(device=args.device, data_root=args.data_root, download=not args.no_download,
+                           shard=parse_shard(args.shard) if args.shard else None, force=args.force,
+                           progress=args.progress)
+    main = harness.main_process()
+    log = print if main else (lambda _: None)
+    if args.list:
+        return _list(harness, suite, store, opts)
+    log(f"suite {suite.name}: {suite.description}")
+    outcome = harness.run_suite(suite, store, opts, log)
+    if not main:
+        return 0
+    records = store.records()
+    shown = [r for r in records if r.get("suite") == suite.name]
+    if any(r.get("status") == "ok" for r in shown):
+        print()
+        print(markdown_table(*paper_table(shown)))
+        if not args.no_report:
+            written = write_report(shown, store.folder, f"Benchmark results: {suite.name}")
+            print(f"\nreport: {written['report.md']} (with table.csv, runs.csv and plots)")
+    return _status(outcome)
+
+
+def _status(outcome) -> int:  # noqa: ANN001 (harness.Outcome, imported lazily)
+    if outcome.missing:
+        print(f"missing dataset(s): {', '.join(outcome.missing)} ({len(outcome.left_out)} run(s) left out)",
+              file=sys.stderr)
+    if outcome.failed:
+        print(f"failed: {', '.join(r['run'] for r in outcome.failed)}", file=sys.stderr)
+    return 1 if outcome.missing or outcome.failed else 0
+
+
+def _list(harness, suite, store, opts) -> int:  # noqa: ANN001
+    _, todo, done = harness.select(suite, store, opts)
+    for p in sorted([*todo, *done], key=lambda p: suite.runs.index(p.run)):
+        state = "done" if p in done else "todo"
+        budget = f"{p.run.epochs} epochs" if p.run.epochs else f"{p.run.minutes} min"
+        sets = " ".join(f"{k}={v}" for k, v in p.run.overrides.items())
+        print(f"{state}  {p.run.id:32s} {p.run.recipe:15s} {budget:11s} {sets}")
+    return 0
+
+
+def _relaunch(nproc: int) -> int:
+    """The same command under torchrun with `nproc` processes (one per GPU)."""
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        raise UserError("--nproc needs torchrun on PATH (it comes with torch)")
+    argv = [a for a in sys.argv[1:]]
+    if "--nproc" in argv:
+        i = argv.index("--nproc")
+        del argv[i:i + 2]
+    argv = [a for a in argv if not a.startswith("--nproc=")]
+    command = [torchrun, "--standalone", f"--nproc-per-node={nproc}", sys.argv[0], *argv]
+    print("+ " + " ".join(command), flush=True)
+    os.execv(torchrun, command)
+    return 0  # not reached
