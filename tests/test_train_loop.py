@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
-from train_helpers import write_specs
+from train_helpers import write_folder, write_specs
 
 import vitgraph
 from vitgraph.backends.torch_backend import checkpoint_dict, read_checkpoint, save_atomic
@@ -202,3 +205,47 @@ def test_cli_errors_are_one_message(specs, tmp_path, capsys):
     assert err.startswith("error: dataset 'cifar10' not found") and "hint:" in err and "Traceback" not in err
     assert main(["train", str(specs[0]), "--recipe-set", "lr=fast", "--out", str(tmp_path / "r")]) == 2
     assert "lr expects float" in capsys.readouterr().err
+
+
+def test_streaming_image_folder_training(specs, tmp_path):
+    write_folder(tmp_path / "shapes", splits=("train", "test"), classes=("a", "b", "c"), per_class=8, size=12)
+    result = loop.run(str(specs[0]), str(tmp_path / "shapes"), "small-datasets", epochs=1, out=tmp_path / "run",
+                      overrides={"batch_size": "8", "warmup_epochs": "0"}, data_mode="stream", workers=0,
+                      progress=False, device="cpu")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["dataset"]["in_memory"] is False and config["spec"]["classes"] == 3
+    assert config["steps_per_epoch"] == 24 * 3 // 8  # repeated augmentation x3
+    assert 0 <= result["top1"] <= 100
+
+
+def test_ema_weights_are_tracked_and_evaluated(specs, tmp_path):
+    result = train(specs[0], tmp_path / "run", overrides={**FAST, "ema_decay": "0.9"})
+    assert "ema_top1" in result
+    ck = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert not torch.equal(ck["ema"]["head.weight"], ck["model"]["head.weight"])
+    m = loop.evaluate(str(specs[0]), str(tmp_path / "run" / "last.pt"), "digits", ema=True, device="cpu")
+    assert m["top1"] == pytest.approx(result["ema_top1"])
+
+
+def test_bf16_autocast_trains(specs, tmp_path):
+    result = train(specs[0], tmp_path / "run", bf16=True)
+    assert np.isfinite(result["train_loss"])
+
+
+def test_resume_after_kill(specs, tmp_path):
+    """SIGKILL a CLI run once its first checkpoint exists; --resume finishes it with contiguous epochs."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vitgraph.cli", "train", str(specs[0]), "--dataset", "digits", "--out", str(out),
+           "--quiet", "--device", "cpu", "--threads", "1", "--recipe-set", "warmup_epochs=0"]
+    proc = subprocess.Popen([*cmd, "--epochs", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "last.pt").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    done = read_checkpoint(out / "last.pt")["epoch"]
+    assert 1 <= done < 200
+    subprocess.run([*cmd, "--epochs", str(done + 2), "--resume"], check=True, stdout=subprocess.DEVNULL)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, done + 3))
+    assert read_checkpoint(out / "last.pt")["epoch"] == done + 2
