@@ -59,12 +59,12 @@ def test_memory_loader_yields_indexed_batches():
 
 def _augmenter(recipe: str, size=(16, 16), channels=3, **overrides) -> Augmenter:
     r = load_recipe(recipe, overrides)
-    return Augmenter.from_recipe(r, "cifar10", size, channels, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), CPU)
+    return Augmenter(r, "cifar10", size, channels, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), CPU)
 
 
 def test_augmenter_train_batch_shapes_and_targets():
     aug = _augmenter("small-datasets", mix_prob="0")
-    assert aug.autoaugment == "cifar10" and aug.crop == "pad" and aug.erase_prob == 0.25
+    assert aug.policy == "cifar10" and aug.r.crop == "pad" and aug.r.erase_prob == 0.25
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(8) % 10
     out, t = aug.train_batch(x, y, torch.Generator().manual_seed(0), np.random.default_rng(0))
@@ -83,7 +83,7 @@ def test_augmenter_without_augmentation_is_resize_and_normalise():
 
 def test_grey_images_feed_rgb_models():
     ds = load_dataset("digits")
-    aug = Augmenter.from_recipe(load_recipe("digits"), "digits", (16, 16), 3, 10, ds.mean, ds.std, CPU)
+    aug = Augmenter(load_recipe("digits"), "digits", (16, 16), 3, 10, ds.mean, ds.std, CPU)
     x = torch.from_numpy(ds.test.images[:4])
     out = aug.eval_batch(x)
     assert out.shape == (4, 3, 16, 16)

@@ -240,7 +240,11 @@ def test_rand_augment_probability_zero_and_levels(monkeypatch):
     assert torch.equal(P.rand_augment(x.floor(), 2, 9, G, "augreg", prob=0.0), x.floor())
     seen = []
     real = P.apply_ops
-    monkeypatch.setattr(P, "apply_ops", lambda x, n, tb, o, lv, a, g: seen.append(lv.clone()) or real(x, n, tb, o, lv, a, g))
+    def spy(x, names, table, op_index, level, apply, gen):
+        seen.append(level.clone())
+        return real(x, names, table, op_index, level, apply, gen)
+
+    monkeypatch.setattr(P, "apply_ops", spy)
     P.rand_augment(x, 2, 20, G, "augreg")
     assert all((lv == 20).all() for lv in seen)  # magnitude 20 is not clipped to 10
     seen.clear()

@@ -130,7 +130,7 @@ def test_teacher_sees_the_same_augmented_batch(specs):
     recipe = load_recipe("digits", {"distill": "hard"})
     opt = build_optimizer(student, recipe, 1e-3)
     step = loop.Step(student, student, opt, build_scheduler(opt, recipe, 1e-3, 10, 1), recipe,
-                     Augmenter(size=(16, 16), channels=3, classes=10, mean=torch.zeros(3), std=torch.ones(3)),
+                     Augmenter(recipe, "digits", (16, 16), 3, 10, (0.5,), (0.5,), torch.device("cpu")),
                      None, teacher, None, loop.nullcontext)
     before = student.head_dist.weight.clone()
     x, t = torch.randn(4, 3, 16, 16), torch.eye(10)[:4]

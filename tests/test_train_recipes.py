@@ -36,7 +36,8 @@ def test_deit():
         ("adamw", 5e-4, 512, 0.05, 300, 5, 1e-5)
     assert r.effective_lr() == pytest.approx(5e-4 * r.batch_size / 512)
     assert (r.label_smoothing, r.randaug_n, r.randaug_m, r.randaug_mstd, r.randaug_variant) == (0.1, 2, 9, 0.5, "timm")
-    assert (r.erase_prob, r.erase_mode, r.mixup_alpha, r.cutmix_alpha, r.mix_switch_prob) == (0.25, "pixel", 0.8, 1.0, 0.5)
+    assert (r.erase_prob, r.erase_mode, r.mixup_alpha, r.cutmix_alpha, r.mix_switch_prob) == \
+        (0.25, "pixel", 0.8, 1.0, 0.5)
     assert (r.repeats, r.repeats_truncate, r.ema_decay, r.eval_crop_pct) == (3, True, 0.99996, 0.875)
     assert (r.distill_alpha, r.distill_tau, r.spec["drop_path"]) == (0.5, 1.0, 0.1)
 

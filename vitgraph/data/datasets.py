@@ -63,10 +63,6 @@ class Dataset:
     def in_memory(self) -> bool:
         return isinstance(self.train, Arrays) and isinstance(self.test, Arrays)
 
-    @property
-    def channels(self) -> int:
-        return self.train.images.shape[1] if isinstance(self.train, Arrays) else 3
-
 
 @dataclass(frozen=True)
 class Known:

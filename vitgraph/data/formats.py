@@ -48,7 +48,8 @@ class Files:
         return len(self.labels)
 
 
-def _corrupt(path: Path, why: object) -> UserError:
+def corrupt(path: Path, why: object) -> UserError:
+    """The error for a file that exists but cannot be read as expected."""
     return UserError(f"{path} is corrupt or not in the expected format ({why})",
                      hint=f"delete {path} and fetch the dataset again")
 
@@ -69,12 +70,12 @@ def read_cifar(directory: Path, split: str, fine: bool) -> tuple[Arrays, list[st
             images.append(data.reshape(-1, 3, 32, 32))  # (N, 3072) -> (N, C, H, W)
             labels.append(np.asarray(batch[labels_key], dtype=np.int64))
         except (KeyError, ValueError) as e:
-            raise _corrupt(directory / name, e) from e
+            raise corrupt(directory / name, e) from e
     meta = _unpickle(directory / meta_file)
     classes = [n.decode() for n in meta.get(names_key, [])]
     out = Arrays(np.concatenate(images), np.concatenate(labels))
     if len(out.images) != len(out.labels) or not classes or out.labels.max(initial=0) >= len(classes):
-        raise _corrupt(directory, "image and label counts or class names disagree")
+        raise corrupt(directory, "image and label counts or class names disagree")
     return out, classes
 
 
@@ -83,7 +84,7 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="bytes")
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise _corrupt(path, e) from e
+        raise corrupt(path, e) from e
 
 
 def read_svhn(path: Path) -> Arrays:
@@ -95,9 +96,9 @@ def read_svhn(path: Path) -> Arrays:
         x = np.asarray(mat["X"], dtype=np.uint8)  # (H, W, C, N)
         y = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise _corrupt(path, e) from e
+        raise corrupt(path, e) from e
     if x.ndim != 4 or x.shape[3] != len(y):
-        raise _corrupt(path, f"X has shape {x.shape} for {len(y)} labels")
+        raise corrupt(path, f"X has shape {x.shape} for {len(y)} labels")
     return Arrays(np.ascontiguousarray(x.transpose(3, 2, 0, 1)), np.where(y == 10, 0, y))  # (N, C, H, W)
 
 
@@ -107,7 +108,7 @@ def read_tiny_imagenet(directory: Path, split: str) -> tuple[Files, list[str]]:
     try:
         wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
     except OSError as e:
-        raise _corrupt(wnids_file, e) from e
+        raise corrupt(wnids_file, e) from e
     index = {w: i for i, w in enumerate(wnids)}
     paths: list[Path] = []
     labels: list[int] = []
@@ -121,15 +122,15 @@ def read_tiny_imagenet(directory: Path, split: str) -> tuple[Files, list[str]]:
         try:
             lines = annotations.read_text().splitlines()
         except OSError as e:
-            raise _corrupt(annotations, e) from e
+            raise corrupt(annotations, e) from e
         for line in lines:
             parts = line.split("\t")
             if len(parts) < 2 or parts[1] not in index:
-                raise _corrupt(annotations, f"bad line {line!r}")
+                raise corrupt(annotations, f"bad line {line!r}")
             paths.append(directory / "val" / "images" / parts[0])
             labels.append(index[parts[1]])
     if not paths:
-        raise _corrupt(directory, f"no {split} images found")
+        raise corrupt(directory, f"no {split} images found")
     return Files(paths, np.asarray(labels, dtype=np.int64)), wnids
 
 
@@ -161,7 +162,7 @@ def decode(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
     except OSError as e:
-        raise _corrupt(path, e) from e
+        raise corrupt(path, e) from e
 
 
 def decode_all(files: Files, workers: int = 8) -> Arrays:

@@ -17,8 +17,7 @@ targets with label smoothing, Mixup or CutMix.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -29,50 +28,26 @@ from . import augment as A
 from .formats import Arrays, Files
 from .policies import auto_augment, grey, rand_augment
 
+if TYPE_CHECKING:
+    from ..train.recipes import Recipe
+
 AUTO_POLICY = {"svhn": "svhn", "cifar10": "cifar10", "cifar100": "cifar10", "digits": "svhn"}
 
 
-@dataclass
 class Augmenter:
-    """Device-side augmentation for one (recipe, dataset, model input) combination."""
+    """Device-side augmentation for one (recipe, dataset, model input) combination. `recipe` is a
+    vitgraph.train.recipes.Recipe (its augmentation, label-smoothing and evaluation-crop fields);
+    its "auto" AutoAugment becomes the dataset's policy (CIFAR -> cifar10, SVHN and digits ->
+    svhn, anything else -> imagenet, as the SPT code chooses)."""
 
-    size: tuple[int, int]
-    channels: int
-    classes: int
-    mean: Tensor  # (C,)
-    std: Tensor  # (C,)
-    crop: str = "none"
-    crop_padding: int = 4
-    rrc_scale_min: float = 0.08
-    flip: bool = False
-    randaug_n: int = 0
-    randaug_m: float = 0.0
-    randaug_mstd: float = 0.0
-    randaug_variant: str = "augreg"
-    autoaugment: str = ""
-    erase_prob: float = 0.0
-    erase_mode: str = "pixel"
-    erase_area_max: float = 1 / 3
-    erase_ratio: float = 0.3
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mix_prob: float = 1.0
-    mix_switch_prob: float = 0.5
-    label_smoothing: float = 0.0
-    eval_crop_pct: float = 1.0
-
-    @classmethod
-    def from_recipe(cls, recipe, dataset_name: str, size: tuple[int, int], channels: int, classes: int,
-                    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> "Augmenter":
-        """Copy the augmentation fields of a Recipe; "auto" AutoAugment picks the dataset's policy
-        (CIFAR -> cifar10, SVHN and digits -> svhn, anything else -> imagenet, as the SPT code)."""
-        keys = [k for k in cls.__dataclass_fields__ if hasattr(recipe, k)]
-        values = {k: getattr(recipe, k) for k in keys}
-        if values.get("autoaugment") == "auto":
-            values["autoaugment"] = AUTO_POLICY.get(dataset_name, "imagenet")
-        stats = _match_channels(mean, std, channels)
-        return cls(size=size, channels=channels, classes=classes,
-                   mean=torch.tensor(stats[0], device=device), std=torch.tensor(stats[1], device=device), **values)
+    def __init__(self, recipe: Recipe, dataset_name: str, size: tuple[int, int], channels: int, classes: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> None:
+        self.r = recipe
+        self.size, self.channels, self.classes = tuple(size), channels, classes
+        self.policy = AUTO_POLICY.get(dataset_name, "imagenet") if recipe.autoaugment == "auto" else recipe.autoaugment
+        mean, std = _match_channels(mean, std, channels)
+        self.mean = torch.tensor(mean, device=device)  # (C,)
+        self.std = torch.tensor(std, device=device)  # (C,)
 
     def _channels(self, x: Tensor) -> Tensor:
         if x.shape[1] == self.channels:
@@ -87,29 +62,30 @@ class Augmenter:
                     presized: bool = False) -> tuple[Tensor, Tensor]:
         """uint8 (B, C, H, W) + labels (B,) -> normalised float input (B, C', H', W') and soft
         targets (B, K). `presized`: the loader already resized (streaming workers)."""
+        r = self.r
         x = self._channels(images.float())
         if not presized:
-            x = A.random_resized_crop(x, self.size, gen, (self.rrc_scale_min, 1.0)) if self.crop == "rrc" \
+            x = A.random_resized_crop(x, self.size, gen, (r.rrc_scale_min, 1.0)) if r.crop == "rrc" \
                 else A.resize(x, self.size)
             x = x.round().clamp(0, 255)
-        if self.crop == "pad" and self.crop_padding > 0:
-            x = A.random_pad_crop(x, self.crop_padding, gen)
-        if self.flip:
+        if r.crop == "pad" and r.crop_padding > 0:
+            x = A.random_pad_crop(x, r.crop_padding, gen)
+        if r.flip:
             x = A.random_flip(x, gen)
-        if self.randaug_n > 0:
-            x = rand_augment(x, self.randaug_n, self.randaug_m, gen, self.randaug_variant, self.randaug_mstd)
-        elif self.autoaugment:
-            x = auto_augment(x, self.autoaugment, gen)
+        if r.randaug_n > 0:
+            x = rand_augment(x, r.randaug_n, r.randaug_m, gen, r.randaug_variant, r.randaug_mstd)
+        elif self.policy:
+            x = auto_augment(x, self.policy, gen)
         x = A.normalize(x, self.mean, self.std)
-        x = A.random_erase(x, self.erase_prob, gen, self.erase_mode, (0.02, self.erase_area_max), self.erase_ratio)
-        t = A.soft_targets(labels, self.classes, self.label_smoothing)
-        return A.mix_batch(x, t, rng, self.mixup_alpha, self.cutmix_alpha, self.mix_prob, self.mix_switch_prob)
+        x = A.random_erase(x, r.erase_prob, gen, r.erase_mode, (0.02, r.erase_area_max), r.erase_ratio)
+        t = A.soft_targets(labels, self.classes, r.label_smoothing)
+        return A.mix_batch(x, t, rng, r.mixup_alpha, r.cutmix_alpha, r.mix_prob, r.mix_switch_prob)
 
     def eval_batch(self, images: Tensor, presized: bool = False) -> Tensor:
         """uint8 batch -> normalised evaluation input (resize, centre crop by eval_crop_pct)."""
         x = self._channels(images.float())
         if not presized:
-            x = A.center_crop_resize(x, self.size, self.eval_crop_pct)
+            x = A.center_crop_resize(x, self.size, self.r.eval_crop_pct)
         return A.normalize(x, self.mean, self.std)
 
 
@@ -185,7 +161,7 @@ class _Decode(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         from PIL import Image
 
-        from .formats import _corrupt
+        from .formats import corrupt
 
         path = self.files.paths[i]
         try:
@@ -202,7 +178,7 @@ class _Decode(torch.utils.data.Dataset):
                     im = _center_crop(im, self.size, self.crop_pct)
                 x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # (C, H, W)
         except OSError as e:
-            raise _corrupt(path, e) from e
+            raise corrupt(path, e) from e
         return x, int(self.files.labels[i])
 
 

@@ -58,16 +58,6 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, md5: str) -> None:
-    """Raise UserError unless `path` exists and has the expected MD5."""
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    found = md5sum(path)
-    if found != md5:
-        raise UserError(f"{path} is corrupt: MD5 {found}, expected {md5}",
-                        hint=f"delete {path} and download it again")
-
-
 def fetch(remote: Remote, directory: Path) -> Path:
     """Download `remote` into `directory` (via a .part file), check its MD5, return its path.
 

@@ -261,6 +261,28 @@ def evaluate_model(model: nn.Module, loader: MemoryLoader, aug: Augmenter, ctx: 
     return {"top1": 100 * top1 / max(n, 1), "top5": 100 * top5 / max(n, 1), "loss": loss / max(n, 1), "images": int(n)}
 
 
+def _wrap(model: nn.Module, ctx: Context, compile_model: bool) -> nn.Module:
+    """What runs the forward pass: DDP (with SyncBatchNorm on GPUs) across processes, compiled if asked."""
+    fwd = model
+    if ctx.world > 1:
+        cuda = ctx.device.type == "cuda"
+        if cuda and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            fwd = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[ctx.device.index] if cuda else None)
+    return torch.compile(fwd) if compile_model else fwd
+
+
+def _test_metrics(model: nn.Module, ema: EMA | None, loader: MemoryLoader, aug: Augmenter, ctx: Context,
+                  autocast: Any) -> dict[str, float]:
+    """Test top-1/top-5/loss of the model, and top-1/top-5 of its EMA when there is one."""
+    row = evaluate_model(model, loader, aug, ctx, autocast)
+    row.pop("images")
+    if ema is not None:
+        averaged = evaluate_model(ema.module, loader, aug, ctx, autocast)
+        row.update(ema_top1=averaged["top1"], ema_top5=averaged["top5"])
+    return row
+
+
 # --- the run folder ----------------------------------------------------------------------------
 
 def _run_dir(out: str | os.PathLike[str] | None, graph: Graph, dataset: str, recipe: Recipe, seed: int) -> Path:
@@ -400,14 +422,8 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
     elif last.is_file():
         raise UserError(f"{run_dir} already holds a run ({last})",
                         hint="continue it with --resume, or choose another folder with --out")
-    fwd = model
-    if ctx.world > 1:
-        if ctx.device.type == "cuda" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            fwd = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    if compile_model:
-        fwd = torch.compile(fwd)
-    aug = Augmenter.from_recipe(recipe, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std,
+    fwd = _wrap(model, ctx, compile_model)
+    aug = Augmenter(recipe, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std,
                                 ctx.device)
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     step = Step(fwd, model, optimizer, scheduler, recipe, aug, ema, teacher, teacher_size, autocast)
@@ -428,11 +444,7 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
             train_loader.epoch = epoch
             row: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             row.update(train_epoch(step, train_loader, ctx, gen, rng, epoch, recipe.epochs, progress))
-            row.update(evaluate_model(model, test_loader, aug, ctx, autocast))
-            if ema is not None:
-                row.update({f"ema_{k}": v for k, v in evaluate_model(ema.module, test_loader, aug, ctx, autocast).items()
-                            if k in ("top1", "top5")})
-            row.pop("images")
+            row.update(_test_metrics(model, ema, test_loader, aug, ctx, autocast))
             history.append(row)
             improved = row["top1"] > best["top1"]
             if improved:
@@ -494,7 +506,7 @@ def evaluate(spec: str, weights: str, dataset: str = "digits", *, spec_overrides
         load_weights(model, graph, source)
         model.to(ctx.device)
         _, test = make_loaders(ds, rec, graph, ctx, 0, workers)
-        aug = Augmenter.from_recipe(rec, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std,
+        aug = Augmenter(rec, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std,
                                     ctx.device)
         return evaluate_model(model, test, aug, ctx)
     finally:
