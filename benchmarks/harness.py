@@ -44,6 +44,7 @@ class Planned:
 class Outcome:
     """What a call of run_suite did."""
 
+    planned: list[Planned] = field(default_factory=list)         # this shard's runs, done or not
     done: list[dict[str, Any]] = field(default_factory=list)      # records written now
     skipped: list[Planned] = field(default_factory=list)          # already in the results
     failed: list[dict[str, Any]] = field(default_factory=list)    # records of runs that raised a UserError
@@ -122,34 +123,20 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, device: str = "
 
 
 def torch_speed(graph: Graph, device: str, measure: Measure) -> dict[str, Any]:
-    """Images per second of the torch backend on `device` at batch `measure.batch`: a training
-    step (forward, cross-entropy, backward, AdamW step) and an inference forward (eval mode)."""
+    """Images per second of the torch backend on `device` at batch `measure.batch`, in float32
+    eager mode as the recipes train: a training step (forward, cross-entropy, backward, AdamW
+    step) and an inference forward (eval mode); benchmarks/throughput.py does the timing."""
+    import argparse
+
     import torch
 
-    model = vitgraph.to_torch(graph).to(device)
-    x = torch.randn(measure.batch, *graph.image, device=device)  # (B, C, H, W)
-    y = torch.randint(0, graph.classes, (measure.batch,), device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    from .throughput import measure as throughput
 
-    def train_step() -> None:
-        out = model(x)
-        logits = sum(out) / len(out) if isinstance(out, tuple) else out  # DeiT's two heads while training
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def infer() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    model.train()
-    train = time_calls(train_step, measure.warmup, measure.repeats, device)
-    model.eval()
-    infer_times = time_calls(infer, measure.warmup, measure.repeats, device)
-    return {"device": device, "batch": measure.batch, "threads": torch.get_num_threads(),
-            "train_img_s": spread([measure.batch / t for t in train]),
-            "infer_img_s": spread([measure.batch / t for t in infer_times])}
+    timing = argparse.Namespace(iters=1, warmup=measure.warmup, repeats=measure.repeats, compile_mode=None)
+    figures = throughput(vitgraph.to_torch(graph), "eager", measure.batch, graph.image, graph.classes, device,
+                         torch.float32, timing)
+    return {"device": device, "batch": measure.batch, "dtype": "fp32", "threads": torch.get_num_threads(),
+            **figures}
 
 
 def onnx_cpu_speed(graph: Graph, checkpoint: Path, measure: Measure) -> dict[str, Any]:
@@ -277,6 +264,7 @@ class Options:
     shard: tuple[int, int] | None = None
     force: bool = False                # rerun finished runs
     progress: bool = False             # per-batch progress bars while training
+    threads: int | None = None         # torch CPU threads (default: torch's)
 
 
 def main_process() -> bool:
@@ -294,8 +282,12 @@ def select(suite: Suite, store: ResultStore, opts: Options) -> tuple[list[Planne
 
 def run_suite(suite: Suite, store: ResultStore, opts: Options, log: Log = print) -> Outcome:
     """Run what is left of (this shard of) a suite, dataset by dataset; see the module docstring."""
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     everything, todo, done = select(suite, store, opts)
-    outcome = Outcome(skipped=done)
+    outcome = Outcome(planned=[p for p in everything if p in todo or p in done], skipped=done)
     if done:
         log(f"{len(done)} run(s) already in {store.path}: " + ", ".join(p.run.id for p in done))
     for dataset in dict.fromkeys(p.run.dataset for p in todo):

@@ -151,6 +151,10 @@ def conditions_text(records: list[dict[str, Any]]) -> str:
         lines.append(f"- device {c.get('device')}; CPU {c.get('cpu')} ({c.get('cpu_count')} cores, "
                      f"{c.get('torch_threads')} torch threads); GPU {c.get('gpu') or 'none'}; {versions}; "
                      f"git {c.get('git_commit')}")
+    loads = [figure(r, "conditions.load_avg_1min") for r in latest_ok(records)]
+    loads = [x for x in loads if x is not None]
+    if loads:  # other work on the machine slows the timings down
+        lines.append(f"- 1-minute load average when the runs finished: {min(loads):.1f} to {max(loads):.1f}")
     return "\n".join(dict.fromkeys(lines))
 
 

@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rerun runs that already have results")
     p.add_argument("--list", action="store_true", help="print the runs and whether they are done; train nothing")
     p.add_argument("--specs-dir", metavar="DIR", help="where the suite's specs are (default: ./specs)")
+    p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's, one per core)")
     p.add_argument("--progress", action="store_true", help="per-batch progress bars while training")
     p.add_argument("--no-report", action="store_true", help="do not write report.md, CSV and plots at the end")
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     store = ResultStore(Path(args.results or Path("results") / suite.name))
     opts = harness.Options(device=args.device, data_root=args.data_root, download=not args.no_download,
                            shard=parse_shard(args.shard) if args.shard else None, force=args.force,
-                           progress=args.progress)
+                           progress=args.progress, threads=args.threads)
     main = harness.main_process()
     log = print if main else (lambda _: None)
     if args.list:
@@ -68,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     outcome = harness.run_suite(suite, store, opts, log)
     if not main:
         return 0
-    records = store.records()
-    shown = [r for r in records if r.get("suite") == suite.name]
+    asked = {p.digest for p in outcome.planned}  # the table shows this configuration of the suite
+    shown = [r for r in store.records() if r.get("digest") in asked]
     if any(r.get("status") == "ok" for r in shown):
         print()
         print(markdown_table(*paper_table(shown)))
