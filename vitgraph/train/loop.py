@@ -205,30 +205,32 @@ def train_epoch(s: Step, loader: MemoryLoader, ctx: Context, gen: torch.Generato
     total = len(loader)
     bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, dynamic_ncols=True,
                disable=not (progress and ctx.main))
-    sums = torch.zeros(3, device=ctx.device, dtype=torch.float64)  # loss * n, correct, n
+    sums = torch.zeros(2, device=ctx.device, dtype=torch.float64)  # loss * n, correct (summed on the device)
+    seen = 0  # images, counted on the host
     bad = torch.zeros((), device=ctx.device, dtype=torch.bool)
     start = time.perf_counter()
     for i, (images, labels) in enumerate(loader):
         x, t = s.aug.train_batch(images, labels, gen, rng, presized=loader.presized)
         loss, correct = train_step(s, x, t)
         bad |= ~torch.isfinite(loss)
-        sums += torch.stack([loss.double() * len(x), correct.double(), torch.tensor(float(len(x)), device=ctx.device,
-                                                                                       dtype=torch.float64)])
+        sums[0] += loss.double() * len(x)
+        sums[1] += correct
+        seen += len(x)
         if (i + 1) % LOG_EVERY == 0 or i + 1 == total:
             _check_finite(bad, epoch, i)
-            seen = sums.tolist()
-            rate = seen[2] * ctx.world / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{seen[0] / seen[2]:.4f}", acc=f"{100 * seen[1] / seen[2]:.1f}",
-                            img_s=f"{rate:.0f}", refresh=False)
+            loss_sum, hits = sums.tolist()
+            rate = seen * ctx.world / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * hits / seen:.1f}", img_s=f"{rate:.0f}",
+                            refresh=False)
         bar.update(1)
     bar.close()
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     elapsed = time.perf_counter() - start
     _check_finite(bad, epoch, total - 1)
-    sums = ctx.all_sum(sums).tolist()
-    return {"train_loss": sums[0] / max(sums[2], 1), "train_acc": 100 * sums[1] / max(sums[2], 1),
-            "train_img_per_s": sums[2] / elapsed, "epoch_time_s": elapsed}
+    loss_sum, hits, n = ctx.all_sum(torch.cat([sums, sums.new_tensor([seen])])).tolist()
+    return {"train_loss": loss_sum / max(n, 1), "train_acc": 100 * hits / max(n, 1),
+            "train_img_per_s": n / elapsed, "epoch_time_s": elapsed}
 
 
 def _check_finite(bad: torch.Tensor, epoch: int, step: int) -> None:
@@ -245,19 +247,19 @@ def evaluate_model(model: nn.Module, loader: MemoryLoader, aug: Augmenter, ctx: 
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over a split (all ranks summed)."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, device=ctx.device, dtype=torch.float64)  # top1, top5, loss, n
+    sums = torch.zeros(3, device=ctx.device, dtype=torch.float64)  # top1, top5, loss
+    seen = 0
     for images, labels in loader:
         x = aug.eval_batch(images, presized=loader.presized)
         with autocast():
             logits = model(x).float()
-        k = min(5, logits.shape[-1])
-        top = logits.topk(k, dim=-1).indices  # (B, k)
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, k)
         hit = top == labels[:, None]
         loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
-        sums += torch.stack([hit[:, 0].sum().double(), hit.any(-1).sum().double(), loss.double(),
-                             torch.tensor(float(len(labels)), device=ctx.device, dtype=torch.float64)])
+        sums += torch.stack([hit[:, 0].sum().double(), hit.any(-1).sum().double(), loss.double()])
+        seen += len(labels)
     model.train(was_training)
-    top1, top5, loss, n = ctx.all_sum(sums).tolist()
+    top1, top5, loss, n = ctx.all_sum(torch.cat([sums, sums.new_tensor([seen])])).tolist()
     return {"top1": 100 * top1 / max(n, 1), "top5": 100 * top5 / max(n, 1), "loss": loss / max(n, 1), "images": int(n)}
 
 
@@ -384,6 +386,23 @@ def _recipe_overrides(overrides: Mapping[str, Any] | None, epochs: int | None, b
     return out
 
 
+@dataclasses.dataclass
+class Session:
+    """Everything one run holds between epochs."""
+
+    ctx: Context
+    recipe: Recipe
+    graph: Graph
+    ds: Dataset
+    model: nn.Module
+    step: Step
+    train_loader: MemoryLoader
+    test_loader: MemoryLoader
+    run_dir: Path
+    seed: int
+    progress: bool
+
+
 def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs: int | None,
          batch_size: int | None, overrides: Mapping[str, Any] | None, spec_overrides: Mapping[str, Any] | None,
          out: str | os.PathLike[str] | None, resume: bool, seed: int, data_root: str | None, weights: str | None,
@@ -407,80 +426,86 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
                                         teacher_overrides, ctx.device)
         teacher_size = None if tgraph.image[1:] == graph.image[1:] else tgraph.image[1:]
     train_loader, test_loader = make_loaders(ds, recipe, graph, ctx, seed, workers)
-    steps = len(train_loader)
     optimizer = build_optimizer(model, recipe, recipe.effective_lr())
-    scheduler = build_scheduler(optimizer, recipe, recipe.effective_lr(), steps, recipe.epochs)
+    scheduler = build_scheduler(optimizer, recipe, recipe.effective_lr(), len(train_loader), recipe.epochs)
     ema = EMA(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
     run_dir = _run_dir(out, graph, dataset, recipe, seed)
-    last, best_path = run_dir / "last.pt", run_dir / "best.pt"
     start, best, history = 0, {"top1": -1.0, "epoch": 0}, []
-    if resume and last.is_file():
-        start, best, history = _resume(last, model, graph, optimizer, scheduler, ema, recipe, seed)
-        notes.append(f"resumed from {last} after epoch {start}")
+    if resume and (run_dir / "last.pt").is_file():
+        start, best, history = _resume(run_dir / "last.pt", model, graph, optimizer, scheduler, ema, recipe, seed)
+        notes.append(f"resumed from {run_dir / 'last.pt'} after epoch {start}")
     elif resume:
         notes.append(f"--resume: no checkpoint in {run_dir}, starting afresh")
-    elif last.is_file():
-        raise UserError(f"{run_dir} already holds a run ({last})",
+    elif (run_dir / "last.pt").is_file():
+        raise UserError(f"{run_dir} already holds a run ({run_dir / 'last.pt'})",
                         hint="continue it with --resume, or choose another folder with --out")
-    fwd = _wrap(model, ctx, compile_model)
-    aug = Augmenter(recipe, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std,
-                                ctx.device)
+    aug = Augmenter(recipe, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std, ctx.device)
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    step = Step(fwd, model, optimizer, scheduler, recipe, aug, ema, teacher, teacher_size, autocast)
-    params = sum(p.numel() for p in model.parameters())
-    extra = {"params": params, "teacher": {"spec": teacher_spec, "weights": teacher_weights} if teacher else None,
-             "weights": weights, "bf16": bf16, "compile": compile_model}
+    step = Step(_wrap(model, ctx, compile_model), model, optimizer, scheduler, recipe, aug, ema, teacher,
+                teacher_size, autocast)
+    session = Session(ctx, recipe, graph, ds, model, step, train_loader, test_loader, run_dir, seed, progress)
     if ctx.main:
+        extra = {"params": sum(p.numel() for p in model.parameters()), "weights": weights, "bf16": bf16,
+                 "compile": compile_model,
+                 "teacher": {"spec": teacher_spec, "weights": teacher_weights} if teacher else None}
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(run_dir / "config.json",
-                           json.dumps(_config(spec, graph, ds, recipe, ctx, seed, steps, notes, extra), indent=2))
+        config = _config(spec, graph, ds, recipe, ctx, seed, len(train_loader), notes, extra)
+        _write_text_atomic(run_dir / "config.json", json.dumps(config, indent=2))
         for note in notes:
             print(f"note: {note}")
-    gen = torch.Generator(ctx.device)
     started = time.perf_counter()
     try:
-        for epoch in range(start, recipe.epochs):
-            rng = _seed_epoch(seed, ctx.rank, epoch, gen)
-            train_loader.epoch = epoch
-            row: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(train_epoch(step, train_loader, ctx, gen, rng, epoch, recipe.epochs, progress))
-            row.update(_test_metrics(model, ema, test_loader, aug, ctx, autocast))
-            history.append(row)
-            improved = row["top1"] > best["top1"]
-            if improved:
-                best = {"top1": row["top1"], "epoch": epoch + 1}
-            if ctx.main:
-                ck = _checkpoint(model, graph, optimizer, scheduler, ema, epoch + 1, best, history, recipe, seed)
-                save_atomic(ck, last)
-                if improved:
-                    save_atomic(ck, best_path)
-                _write_csv(run_dir / "metrics.csv", history)
-                print(f"epoch {epoch + 1}/{recipe.epochs}: loss {row['train_loss']:.4f}  train acc "
-                      f"{row['train_acc']:.1f}%  test top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%  "
-                      f"{row['train_img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s", flush=True)
-            ctx.barrier()
+        best = _epochs(session, start, best, history)
     except KeyboardInterrupt:
-        if ctx.main and last.is_file():
-            print(f"interrupted; continue with --resume (checkpoint {last})")
+        if ctx.main and (run_dir / "last.pt").is_file():
+            print(f"interrupted; continue with --resume (checkpoint {run_dir / 'last.pt'})")
         raise
-    return _results(history, best, run_dir, graph, ds, recipe, params, time.perf_counter() - started, ctx)
+    return _results(session, history, best, time.perf_counter() - started)
 
 
-def _results(history: list[dict[str, float]], best: dict[str, float], run_dir: Path, graph: Graph, ds: Dataset,
-             recipe: Recipe, params: int, elapsed: float, ctx: Context) -> dict[str, Any]:
+def _epochs(s: Session, start: int, best: dict[str, float], history: list[dict[str, float]]) -> dict[str, float]:
+    """Train, test and checkpoint epochs start+1 .. recipe.epochs; `history` grows in place.
+    Returns the best test top-1 and its epoch."""
+    ctx, st, epochs = s.ctx, s.step, s.recipe.epochs
+    gen = torch.Generator(ctx.device)
+    for epoch in range(start, epochs):
+        rng = _seed_epoch(s.seed, ctx.rank, epoch, gen)
+        s.train_loader.epoch = epoch
+        row: dict[str, float] = {"epoch": epoch + 1, "lr": st.optimizer.param_groups[0]["lr"]}
+        row.update(train_epoch(st, s.train_loader, ctx, gen, rng, epoch, epochs, s.progress))
+        row.update(_test_metrics(s.model, st.ema, s.test_loader, st.aug, ctx, st.autocast))
+        history.append(row)
+        improved = row["top1"] > best["top1"]
+        if improved:
+            best = {"top1": row["top1"], "epoch": epoch + 1}
+        if ctx.main:
+            ck = _checkpoint(s.model, s.graph, st.optimizer, st.scheduler, st.ema, epoch + 1, best, history,
+                             s.recipe, s.seed)
+            save_atomic(ck, s.run_dir / "last.pt")
+            if improved:
+                save_atomic(ck, s.run_dir / "best.pt")
+            _write_csv(s.run_dir / "metrics.csv", history)
+            print(f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}  train acc {row['train_acc']:.1f}%  "
+                  f"test top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%  "
+                  f"{row['train_img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s", flush=True)
+        ctx.barrier()
+    return best
+
+
+def _results(s: Session, history: list[dict[str, float]], best: dict[str, float], elapsed: float) -> dict[str, Any]:
     if not history:
-        raise UserError(f"nothing to train: the run in {run_dir} already finished {recipe.epochs} epochs",
+        raise UserError(f"nothing to train: the run in {s.run_dir} already finished {s.recipe.epochs} epochs",
                         hint="raise --epochs to train further")
     final = history[-1]
-    result = {k: final[k] for k in ("top1", "top5", "loss", "train_loss", "train_acc") if k in final}
-    result.update({k: final[k] for k in ("ema_top1", "ema_top5") if k in final})
-    rates = [h["train_img_per_s"] for h in history]
+    keys = ("top1", "top5", "loss", "train_loss", "train_acc", "ema_top1", "ema_top5")
+    result: dict[str, Any] = {k: final[k] for k in keys if k in final}
     result.update(best_top1=best["top1"], best_epoch=best["epoch"], epochs=len(history),
-                  train_img_per_s=float(np.median(rates)), train_time_s=sum(h["epoch_time_s"] for h in history),
-                  wall_time_s=elapsed, params=params, run_dir=str(run_dir), spec=graph.name,
-                  spec_hash=graph.spec.hash, dataset=ds.name, recipe=recipe.name, world_size=ctx.world)
-    if ctx.main:
-        _write_text_atomic(run_dir / "results.json", json.dumps(result, indent=2))
+                  train_img_per_s=float(np.median([h["train_img_per_s"] for h in history])),
+                  train_time_s=sum(h["epoch_time_s"] for h in history), wall_time_s=elapsed,
+                  params=sum(p.numel() for p in s.model.parameters()), run_dir=str(s.run_dir), spec=s.graph.name,
+                  spec_hash=s.graph.spec.hash, dataset=s.ds.name, recipe=s.recipe.name, world_size=s.ctx.world)
+    if s.ctx.main:
+        _write_text_atomic(s.run_dir / "results.json", json.dumps(result, indent=2))
     return result
 
 
