@@ -272,6 +272,23 @@ def main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def join_processes(device: str) -> None:
+    """Under torchrun, create the process group once for the whole suite: every run's training
+    then shares it (creating and destroying one per run is fragile), and ranks other than 0 wait
+    in the next run's first collective while rank 0 measures and writes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+
+
 def select(suite: Suite, store: ResultStore, opts: Options) -> tuple[list[Planned], list[Planned], list[Planned]]:
     """(the whole suite compiled, this shard's runs to do, this shard's runs already done)."""
     everything = plan(suite.runs)
@@ -288,6 +305,8 @@ def run_suite(suite: Suite, store: ResultStore, opts: Options, log: Log = print)
         torch.set_num_threads(opts.threads)
     everything, todo, done = select(suite, store, opts)
     outcome = Outcome(planned=[p for p in everything if p in todo or p in done], skipped=done)
+    if todo:
+        join_processes(resolve_device(todo[0].run, opts.device))
     if done:
         log(f"{len(done)} run(s) already in {store.path}: " + ", ".join(p.run.id for p in done))
     for dataset in dict.fromkeys(p.run.dataset for p in todo):

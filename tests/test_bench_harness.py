@@ -180,3 +180,31 @@ def test_minutes_budget_becomes_whole_epochs_kept_for_resume(tmp_path):
     assert H.budget_epochs(p, folder, 100.0, 1437) == 2
     assert H.budget_epochs(p, folder, 1e6, 1437) == 2  # the first choice is kept
     assert H.budget_epochs(p, tmp_path / "other", 1.0, 1437) == 1  # at least one epoch
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_share_one_process_group(tmp_path):
+    """`--nproc 2` relaunches under torchrun (gloo on CPU): both runs train on 2 processes and
+    rank 0 alone writes their records."""
+    import subprocess
+    import sys
+
+    path = _suite_file(tmp_path, measure="batch = 4\nwarmup = 1\nrepeats = 2")
+    vitgraph = Path(sys.executable).parent / "vitgraph"
+    done = subprocess.run([str(vitgraph), "bench", "--suite", str(path), "--results", str(tmp_path / "res"),
+                           "--nproc", "2", "--no-report"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    records = ResultStore(tmp_path / "res").records()
+    assert [(r["run"], r["metrics"]["world_size"]) for r in records] == [("tiny@digits", 2), ("tiny2@digits", 2)]
+
+
+@pytest.mark.slow
+def test_smoke_subset_end_to_end(tmp_path, capsys):
+    """The real smoke suite, narrowed to ViT for one epoch: trains on digits, measures, reports."""
+    root = Path(__file__).resolve().parents[1]
+    assert main(["bench", "--specs", "vit", "--epochs", "1", "--results", str(tmp_path / "res"),
+                 "--specs-dir", str(root / "specs")]) == 0
+    out = capsys.readouterr().out
+    assert "| vit |" in out and (tmp_path / "res" / "accuracy_vs_ops.png").is_file()
+    record = ResultStore(tmp_path / "res").records()[0]
+    assert record["suite"] == "smoke" and record["spec_params"]["image"] == 12 and record["metrics"]["epochs"] == 1

@@ -25,6 +25,8 @@ def _names(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n\n", 1)[1]
     p.add_argument("--suite", default="smoke", help="a suite name in benchmarks/suites or a .toml file (default: smoke)")
     p.add_argument("--specs", type=_names, help="only these specs of the suite (comma-separated)")
     p.add_argument("--datasets", type=_names, help="only these datasets of the suite (comma-separated)")
