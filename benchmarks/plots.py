@@ -12,7 +12,7 @@ from .report import TOP1, Column, figure, in_order
 
 _MARKERS = "osD^vP*X<>"
 _CPU_LATENCY = Column("ONNX Runtime CPU latency, batch 1 (ms)", "onnx_cpu.latency_ms.median")
-_OPS = Column("OPs = MACs + BOPs/64 (G, log scale)", "counts.ops", 1e9)
+_OPS = Column("OPs = MACs + BOPs/64 (G)", "counts.ops", 1e9)
 
 
 def _scatter(runs: list[Mapping[str, Any]], x: Column, path: Path, title: str) -> Path | None:
@@ -31,7 +31,9 @@ def _scatter(runs: list[Mapping[str, Any]], x: Column, path: Path, title: str) -
                    label=dataset, zorder=3)
         for r, px, py in mine:
             ax.annotate(r["spec"], (px, py), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    if x is _OPS:
+    xs = [px for _, px, _ in points]
+    log = max(xs) / min(xs) > 10  # models of very different cost (binary vs full precision)
+    if log:
         from matplotlib.ticker import FuncFormatter
 
         ax.set_xscale("log")
@@ -39,7 +41,7 @@ def _scatter(runs: list[Mapping[str, Any]], x: Column, path: Path, title: str) -
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(plain)
         ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel(x.header)
+    ax.set_xlabel(x.header + (", log scale" if log else ""))
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3, zorder=0)

@@ -161,19 +161,24 @@ def conditions_text(records: list[dict[str, Any]]) -> str:
 def render_markdown(records: list[dict[str, Any]], title: str, plots: list[Path]) -> str:
     runs = latest_ok(records)
     header, rows = paper_table(records)
-    settings = [(r["spec"], r["dataset"], r.get("recipe"), r.get("epochs"), r.get("minutes"), r.get("seed"),
-                 " ".join(f"{k}={v}" for k, v in sorted((r.get("overrides") or {}).items()))) for r in runs]
+    settings = [(r["spec"], r["dataset"], r.get("recipe"), figure(r, "metrics.epochs"), r.get("seed"),
+                 " ".join(f"{k}={v}" for k, v in sorted((r.get("overrides") or {}).items())), r.get("spec_hash"),
+                 _seconds(figure(r, "metrics.train_seconds")), _seconds(r.get("seconds"))) for r in runs]
     parts = [f"# {title}", "",
              "Top-1 accuracy (%) on each dataset's test split; params, operations (OPs = MACs + BOPs/64) and "
              "speed of the run named in `measured on` (torch img/s on the training device, ONNX Runtime "
              "batch-1 latency and batch throughput on CPU; medians).", "",
              markdown_table(header, rows), "", "## Runs", "",
-             markdown_table(["spec", "dataset", "recipe", "epochs", "minutes", "seed", "overrides"],
-                            [[str(x if x is not None else "–") for x in s] for s in settings]),
+             markdown_table(["spec", "dataset", "recipe", "epochs", "seed", "overrides", "spec hash", "training",
+                             "whole run"], [[str(x if x is not None else "–") for x in s] for s in settings]),
              "", "## Conditions", "", conditions_text(records)]
     if plots:
         parts += ["", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots]]
     return "\n".join(parts) + "\n"
+
+
+def _seconds(value: float | None) -> str | None:
+    return None if value is None else f"{value / 60:.1f} min" if value >= 60 else f"{value:.0f} s"
 
 
 def write_report(records: list[dict[str, Any]], folder: Path, title: str = "Benchmark results",
