@@ -21,13 +21,21 @@ def test_the_promised_suites_exist():
 
 @pytest.mark.parametrize("name", SUITES)
 def test_every_run_of_every_suite_compiles(name):
+    """Every (spec, overrides) compiles as the harness trains it (recipe [spec] values, then the
+    suite's overrides), every recipe exists, and every teacher is an earlier run of the suite."""
+    from vitgraph.benchmarks.harness import plan
+
     suite = S.load_suite(name, SPECS)
     assert suite.runs and len({r.id for r in suite.runs}) == len(suite.runs)
-    for run in suite.runs:
-        graph = vitgraph.compile(run.spec_path, **run.overrides)
-        for key, value in run.overrides.items():
-            assert graph.spec.params[key] == value, (run.id, key)
-        assert run.epochs or run.minutes
+    for p in plan(suite.runs):
+        for key, value in p.run.overrides.items():
+            assert p.graph.spec.params[key] == value, (p.run.id, key)
+        assert p.graph.spec.hash == vitgraph.compile(p.run.spec_path, **p.graph.spec.params).spec.hash
+        assert p.run.epochs or p.run.minutes
+        if p.run.teacher:
+            order = [r.id for r in suite.runs]
+            teacher = f"{p.run.teacher}@{p.run.dataset}"
+            assert teacher in order and order.index(teacher) < order.index(p.run.id), p.run.id
 
 
 def test_suites_hold_what_the_issue_lists():
