@@ -1,0 +1,236 @@
+"""The small ONNX graph builder the ONNX backend writes with, and the weights it reads.
+
+`OnnxGraph` appends onnx.helper nodes in order, names every node after the IR node being
+lowered (`blocks.0.attn/q/MatMul`), keeps the initializers, and shares small integer
+constants (shapes, axes) by value. `Weights` is the state dict as float64 numpy arrays,
+checked against the graph's parameter and buffer tables (THE CONTRACT, vitgraph/ops.py),
+with the contract's initialisation when no state dict is given; it records which keys
+the lowering read, so a forgotten parameter is a bug caught at export.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from vitgraph.diagnostics import UserError
+from vitgraph.ir import Graph, Op
+from vitgraph.ops import buffer_table, node_params, param_table
+
+OPSET = 17          # LayerNormalization arrived in opset 17
+MS_DOMAIN = "com.microsoft"
+
+
+class OnnxGraph:
+    """Nodes, initializers and constants of one model, in the order they are added."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self._scope: list[str] = []
+        self._names: set[str] = set()
+        self.domains: set[str] = set()
+
+    @property
+    def elem_type(self) -> int:
+        return helper.np_dtype_to_tensor_dtype(self.dtype)
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Nodes added inside are named `<outer>/<name>/<OpType>`."""
+        self._scope.append(name)
+        try:
+            yield
+        finally:
+            self._scope.pop()
+
+    # -- values -------------------------------------------------------------------------
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """A float initializer in the model's dtype; `name` is a state-dict key, or a key
+        with a suffix when the export folded something into it."""
+        if name in self.initializers:
+            raise ValueError(f"initializer {name!r} defined twice")
+        self.initializers[name] = numpy_helper.from_array(np.array(array, self.dtype, order="C"), name)
+        return name
+
+    def const(self, values: Any, dtype: Any = np.int64) -> str:
+        """A small constant (a shape, axes, a scalar), shared by value."""
+        arr = np.asarray(values, dtype)
+        tag = "f" if arr.dtype.kind == "f" else "i"  # named by value, the same in float32 and float64 models
+        if arr.size <= 16:
+            body = "[" + ",".join(f"{v:.9g}" if tag == "f" else str(v) for v in arr.ravel()) + "]"
+        else:
+            exact = np.asarray(values, np.float64 if tag == "f" else np.int64)  # before rounding to dtype
+            body = "#" + hashlib.sha1(exact.tobytes()).hexdigest()[:12]
+        name = f"const/{tag}{list(arr.shape)}{body}"
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(arr, name)
+        return name
+
+    def scalar(self, value: float) -> str:
+        """A float scalar in the model's dtype."""
+        return self.const(value, self.dtype)
+
+    # -- nodes ------------------------------------------------------------------------------
+    def _node_name(self, op_type: str) -> str:
+        base = "/".join(self._scope + [op_type])
+        name, k = base, 1
+        while name in self._names:
+            name = f"{base}_{k}"
+            k += 1
+        self._names.add(name)
+        return name
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, domain: str = "", **attrs: Any) -> str:
+        """Append one single-output node; return its output value's name."""
+        return self.op_n(op_type, list(inputs), 1, outs=None if out is None else [out], domain=domain,
+                         **attrs)[0]
+
+    def op_n(self, op_type: str, inputs: list[str], n_out: int, outs: list[str] | None = None,
+             domain: str = "", **attrs: Any) -> list[str]:
+        name = self._node_name(op_type)
+        while inputs and not inputs[-1]:  # trailing optional inputs left out
+            inputs = inputs[:-1]
+        outs = outs or ([name] if n_out == 1 else [f"{name}:{i}" for i in range(n_out)])
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
+        if domain:
+            self.domains.add(domain)
+        return outs
+
+    # -- common patterns ------------------------------------------------------------------
+    def reshape(self, x: str, shape: list[int], out: str | None = None) -> str:
+        """Reshape with 0 = keep that dim of x (the batch) and -1 = infer."""
+        return self.op("Reshape", x, self.const(shape), out=out)
+
+    def transpose(self, x: str, perm: list[int], out: str | None = None) -> str:
+        return self.op("Transpose", x, perm=perm, out=out)
+
+    def slice(self, x: str, starts: list[int], ends: list[int], axes: list[int]) -> str:
+        return self.op("Slice", x, self.const(starts), self.const(ends), self.const(axes))
+
+    def add(self, x: str, y: str, out: str | None = None) -> str:
+        return self.op("Add", x, y, out=out)
+
+    def mul(self, x: str, y: str, out: str | None = None) -> str:
+        return self.op("Mul", x, y, out=out)
+
+    def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str,
+              metadata: Mapping[str, str], doc: str) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, list(self.initializers.values()))
+        opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(self.domains)]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="vitgraph", doc_string=doc)
+        model.ir_version = 8  # onnxruntime >= 1.14 reads IR 8; opset 17 needs no newer
+        helper.set_model_props(model, dict(metadata))
+        return model
+
+
+# -- weights ------------------------------------------------------------------------------
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().double().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def _trunc_normal(rng: np.random.Generator, shape: tuple[int, ...], std: float = 0.02) -> np.ndarray:
+    """Normal(0, std) truncated to [-2 std, 2 std] (resampling outside), as timm's init."""
+    out = rng.normal(0.0, std, size=shape)
+    bad = np.abs(out) > 2 * std
+    while bad.any():
+        out[bad] = rng.normal(0.0, std, size=int(bad.sum()))
+        bad = np.abs(out) > 2 * std
+    return out
+
+
+def initial_state(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """The contract's initialisation (timm-like), deterministic in `seed`: weights of rank
+    >= 2 (linear, conv, position embedding, cls/dist tokens) trunc_normal(.02); norm
+    weights 1; RPReLU slopes 0.25; alpha 0.005; LSA temperature hd^-0.5; affine scales
+    their `init` attr (pool branches 0); BatchNorm running_var 1; everything else 0."""
+    rng = np.random.default_rng(seed)
+    state: dict[str, np.ndarray] = {}
+    for node in graph:
+        for key, shape in node_params(graph, node).items():
+            leaf = key.rsplit(".", 1)[-1]
+            if len(shape) >= 2:
+                value = _trunc_normal(rng, shape)
+            elif leaf == "weight":
+                value = np.ones(shape)
+            elif leaf == "slope":
+                value = np.full(shape, 0.25)
+            elif leaf == "alpha":
+                value = np.full(shape, 0.005)
+            elif leaf == "temperature":
+                head_dim = node.attr("head_dim") or graph.inputs(node)[0].out.dim // node.attr("heads")
+                value = np.full(shape, head_dim ** -0.5)
+            elif leaf == "scale" and node.op is Op.AFFINE:
+                value = np.full(shape, float(node.attr("init")))
+            else:
+                value = np.zeros(shape)
+            state[key] = value
+    for key, shape in buffer_table(graph).items():
+        state[key] = np.ones(shape) if key.endswith("running_var") else np.zeros(shape)
+    return state
+
+
+class Weights:
+    """The state dict as float64 arrays, checked against the contract's tables."""
+
+    def __init__(self, graph: Graph, state_dict: Mapping[str, Any] | None, seed: int = 0) -> None:
+        expected = param_table(graph) | buffer_table(graph)
+        if state_dict is None:
+            state_dict = initial_state(graph, seed)
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        if missing or unexpected:
+            raise UserError(f"the weights do not fit {graph.name}: {len(missing)} missing key(s) "
+                            f"{_few(missing)}, {len(unexpected)} unexpected key(s) {_few(unexpected)}",
+                            hint="expected a state dict of the same spec with the same --set overrides")
+        self._arrays: dict[str, np.ndarray] = {}
+        for key, shape in expected.items():
+            arr = _to_numpy(state_dict[key])
+            if tuple(arr.shape) != tuple(shape):
+                raise UserError(f"weight {key} has shape {tuple(arr.shape)}, the spec expects {tuple(shape)}",
+                                hint="expected a state dict of the same spec with the same --set overrides")
+            self._arrays[key] = arr
+        self._read: set[str] = set()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self._read.add(key)
+        return self._arrays[key]
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self[key] if key in self._arrays else None
+
+    def batchnorm(self, prefix: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        """Eval-mode BatchNorm as y = x * scale + shift (per channel)."""
+        scale = self[f"{prefix}.weight"] / np.sqrt(self[f"{prefix}.running_var"] + eps)
+        return scale, self[f"{prefix}.bias"] - self[f"{prefix}.running_mean"] * scale
+
+    def ignore(self, *keys: str) -> None:
+        """Mark parameters that the eval-mode network does not use as read."""
+        self._read.update(keys)
+
+    def unread(self) -> list[str]:
+        return [k for k in self._arrays if k not in self._read and not k.endswith("num_batches_tracked")]
+
+
+def _few(keys: list[str]) -> str:
+    return "[" + ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "") + "]"
+
+
+def binary_linear(w: np.ndarray) -> np.ndarray:
+    """BinaryViT's eval-mode linear weight (out, in): sign of the row-centred W times the
+    per-row mean |W| of the uncentred W."""
+    return np.sign(w - w.mean(axis=1, keepdims=True)) * np.abs(w).mean(axis=1, keepdims=True)
+
+
+def binary_conv(w: np.ndarray) -> np.ndarray:
+    """BinaryViT's eval-mode conv weight (out, in, kh, kw): sign(W) times the
+    per-output-channel mean |W|, no centring."""
+    return np.sign(w) * np.abs(w).mean(axis=(1, 2, 3), keepdims=True)
+

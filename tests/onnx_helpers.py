@@ -1,0 +1,103 @@
+"""Shared helpers of the ONNX backend tests: small overrides that make every spec cheap
+to compile, export and run on two CPU cores, and randomised weights so that parity tests
+exercise every parameter (the contract's init leaves BatchNorm statistics, shifts and
+pool-branch scales at values that would hide a wrongly folded or skipped term)."""
+from __future__ import annotations
+
+import glob
+import math
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+import vitgraph
+from vitgraph import SpecError
+from vitgraph.ir import Graph
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted(glob.glob(str(ROOT / "specs" / "*.vg")))
+
+# Tried in order; the first that compiles is used. The pool-branch and reduce specs need
+# grids of 5 and more (binary DeiT-S pool: 32/4 -> 8x8; BinaryViT: 160/4 -> 40, 20, 10, 5).
+CANDIDATES = ({"image": 32, "patch": 16}, {"image": 32, "patch": 8}, {"image": 32, "patch": 4},
+              {"image": 160}, {})
+
+# A small BinaryViT-style pyramid with a binary stem (no spec in specs/ has one):
+# binary patchify, reduce 2, pool branches, binary merge, binary attention without reduce.
+TINY_BINARY = """
+model tiny_binary {
+    input 3 x 16 x 16
+    norm batch eps 1e-5
+    stem conv 4 -> 16 precision binary
+    pos-embed learned
+    stage 16 depth 1 { attention heads 2 reduce 2; mlp hidden 32; pool-branches 3x1 1x3; affine-residual }
+    stage 32 depth 1 downsample merge pos-embed { attention heads 2; mlp hidden 64 }
+    head gap -> 10
+    binarize weights activations attention except head
+}
+"""
+
+
+def small_graph(path: str) -> Graph:
+    """The spec at the first candidate size that compiles, with 10 classes if it has a
+    `classes` parameter."""
+    declared = vitgraph.compile(path).spec.params
+    for candidate in CANDIDATES:
+        overrides = {k: v for k, v in candidate.items() if k in declared}
+        if "classes" in declared:
+            overrides["classes"] = 10
+        try:
+            return vitgraph.compile(path, **overrides)
+        except SpecError:
+            continue
+    raise AssertionError(f"no small size compiles {path}")
+
+
+def is_binary(graph: Graph) -> bool:
+    return any(node.binary for node in graph)
+
+
+def _fast_trunc_normal_(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
+                        b: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    with torch.no_grad():
+        return tensor.normal_(mean, std, generator=generator).clamp_(a, b)
+
+
+def torch_module(graph: Graph, seed: int = 0) -> torch.nn.Module:
+    """vitgraph.to_torch(graph) in eval mode with randomize_'d weights. torch's
+    trunc_normal_ (erfinv) takes ~10 s for DeiT-S's 22M weights on this machine, so it
+    is swapped for a clamped normal while the module is built: the weights are
+    randomised afterwards, so their initial distribution does not matter here."""
+    with mock.patch.object(torch.nn.init, "trunc_normal_", _fast_trunc_normal_):
+        module = vitgraph.to_torch(graph)
+    return randomize_(module, seed).eval()
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter and buffer off its initial value: N(0, 0.1) noise on rank-1
+    tensors (norm weights, biases, moves, shifts, slopes, temperatures, affine and
+    pool-branch scales, running means), running variances in [0.5, 1.5], alpha in [0.01,
+    0.05] (so that round(p / alpha) takes both values), rank >= 2 weights keep their init."""
+    gen = torch.Generator().manual_seed(seed)
+    for key, value in module.state_dict().items():
+        if not value.is_floating_point() or value.dim() >= 2:
+            continue
+        if key.endswith("running_var"):
+            value.copy_(0.5 + torch.rand(value.shape, generator=gen, dtype=value.dtype))
+        elif key.endswith(".alpha"):
+            value.copy_(0.01 + 0.04 * torch.rand(value.shape, generator=gen, dtype=value.dtype))
+        else:
+            value.add_(0.1 * torch.randn(value.shape, generator=gen, dtype=value.dtype))
+    return module
+
+
+def relative_error(got, want) -> float:  # noqa: ANN001 - numpy arrays
+    """max |got - want| / max |want|: one number for the whole output, insensitive to the
+    logits' scale, which a binary network grows by orders of magnitude."""
+    import numpy as np
+
+    scale = float(np.abs(want).max())
+    assert math.isfinite(scale) and scale > 0
+    return float(np.abs(got - want).max()) / scale

@@ -1,0 +1,94 @@
+"""The ONNX model in onnxruntime computes what the torch backend computes in eval mode,
+for every spec in specs/ (at a small size), with randomised weights: max |onnx - torch|
+/ max |torch| <= 1e-4 and the same top-1 class for every image of a batch.
+
+Full-precision specs are compared in float32, both as exported by default (onnxruntime's
+fused com.microsoft kernels) and as standard ONNX ops only.
+
+Binary specs are compared in float64 (torch module .double(), ONNX exported with
+dtype="float64"). In float32 the two runtimes round differently by ~1e-7, and sign()
+turns any pre-activation within that distance of zero into a flipped +-1, which the
+next binary layer amplifies: with thousands of sign() per image such flips are not rare
+(a float32 comparison of binaryvit at 160 px differed by 2e-2). In float64 the rounding
+differences shrink to ~1e-16, so a flip, or a round(p / alpha) tie decided differently,
+would need a value within ~1e-16 of the threshold: negligible for the ~1e6 evaluations
+here. The float32 export of a binary spec is the same graph with float32 initializers,
+which test_binary_float32_is_the_verified_graph checks node by node.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vitgraph
+from onnx_helpers import SPECS, TINY_BINARY, is_binary, relative_error, small_graph, torch_module
+from vitgraph.backends.onnx_backend import make_session, to_onnx
+
+TOLERANCE = 1e-4
+
+
+def _outputs(graph: vitgraph.Graph, dtype: torch.dtype, fused: tuple[bool, ...], images: torch.Tensor,
+             seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The torch backend's eval output and onnxruntime's, one per `fused` setting, with
+    the same randomised weights."""
+    module = torch_module(graph, seed).to(dtype)
+    images = images.to(dtype)
+    with torch.no_grad():
+        want = module(images).numpy()
+    name = str(dtype).removeprefix("torch.")
+    got = [make_session(to_onnx(graph, module.state_dict(), fused=f, dtype=name)).run(None, {"input": images.numpy()})[0]
+           for f in fused]
+    return want, got
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.rsplit("/", 1)[-1])
+def test_every_spec_matches_torch(path: str) -> None:
+    graph = small_graph(path)
+    binary = is_binary(graph)
+    batch = 2 if binary else 4  # float64 binary models are slow in torch on the CPU
+    images = torch.randn(batch, *graph.image, generator=torch.Generator().manual_seed(1))
+    want, got = _outputs(graph, torch.float64 if binary else torch.float32, (False,) if binary else (True, False),
+                         images)
+    for g, fused in zip(got, (False,) if binary else (True, False)):
+        err = relative_error(g, want)
+        assert err <= TOLERANCE, f"{graph.name} fused={fused}: relative error {err:.2e}"
+        assert (g.argmax(1) == want.argmax(1)).all(), f"{graph.name} fused={fused}: top-1 differs"
+
+
+def test_binary_stem_and_exact_zero_inputs() -> None:
+    """A binary stem signs the raw image: with a quarter of the pixels exactly 0,
+    ONNX Sign(0) = 0 must agree with torch.sign(0) = 0 (a Sign(0) of +1 would move
+    the output far beyond the tolerance)."""
+    graph = vitgraph.compile(TINY_BINARY)
+    images = torch.randn(4, *graph.image, generator=torch.Generator().manual_seed(3))
+    images[torch.rand(images.shape, generator=torch.Generator().manual_seed(4)) < 0.25] = 0.0
+    want, (got,) = _outputs(graph, torch.float64, (False,), images)
+    assert relative_error(got, want) <= 1e-10
+    assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_batch_axis_is_dynamic() -> None:
+    """One model serves any batch size, and each image's logits do not depend on the
+    others in the batch (eval-mode BatchNorm, no batch statistics)."""
+    graph = small_graph(next(p for p in SPECS if p.endswith("/binaryvit.vg")))
+    session = make_session(to_onnx(graph, dtype="float64", fused=False))
+    images = np.random.default_rng(0).normal(size=(5, *graph.image))
+    whole = session.run(None, {"input": images})[0]
+    for i in (0, 4):
+        alone = session.run(None, {"input": images[i:i + 1]})[0]
+        np.testing.assert_allclose(alone[0], whole[i], rtol=1e-12, atol=1e-12 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("name", ["binary_deit_small_affine", "binaryvit"])
+def test_binary_float32_is_the_verified_graph(name: str) -> None:
+    """The float32 export of a binary spec has exactly the nodes (types, inputs, outputs,
+    attributes) and initializer names of the float64 export that the parity test
+    verified; only the element type differs."""
+    graph = small_graph(next(p for p in SPECS if p.endswith(f"/{name}.vg")))
+    m32 = to_onnx(graph, dtype="float32")
+    m64 = to_onnx(graph, dtype="float64", fused=False)
+    assert [n.SerializeToString() for n in m32.graph.node] == [n.SerializeToString() for n in m64.graph.node]
+    assert [i.name for i in m32.graph.initializer] == [i.name for i in m64.graph.initializer]
+    for a, b in zip(m32.graph.initializer, m64.graph.initializer):
+        assert a.data_type == (1 if b.data_type == 11 else b.data_type)  # FLOAT for DOUBLE, ints unchanged
