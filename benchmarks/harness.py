@@ -74,11 +74,9 @@ def plan(runs: tuple[Run, ...] | list[Run]) -> list[Planned]:
 
 
 def resolve_device(run: Run, asked: str | None) -> str:
-    """The suite's device if it names one, else the command line's, else cuda when present."""
-    if run.device:
-        return run.device
-    if asked:
-        return asked
+    """The command line's device if given, else the suite's, else cuda when present."""
+    if asked or run.device:
+        return str(asked or run.device)
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
