@@ -1,6 +1,8 @@
 """The torch backend on every spec: state-dict contract, forward and backward."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -62,3 +64,17 @@ def test_deit_keys_are_timm_keys(name, extra) -> None:
     keys = set(vitgraph.to_torch(g).state_dict())
     assert TIMM_DEIT_KEYS | extra <= keys
     assert len(keys) == 4 + 12 * 12 + 2 + 2 + (3 if extra else 0)  # 12 tensors per block
+
+
+def test_deepcopy_is_independent() -> None:
+    """EMA copies and checkpoints of the whole module run their own parameters."""
+    g = vitgraph.compile("specs/deit_tiny_distilled.vg", image=32, patch=16)
+    model = vitgraph.to_torch(g).eval()
+    ema = copy.deepcopy(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ema(x), model(x))
+        ema.pos_embed.add_(1.0)
+        ema.head_dist.bias.add_(1.0)
+        assert not torch.allclose(ema(x), model(x))
+    assert model.blocks[0].attn is not ema.blocks[0].attn and len(model.blocks) == 12

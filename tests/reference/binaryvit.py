@@ -2,9 +2,9 @@
 (Phuoc-Hoan-Le/BinaryViT transformer/modeling_qvit_extra_res_pyramid.py, utils_quant.py)
 with vitgraph's parameter names. Covers the binary DeiT baseline (cls token, token head)
 and the pyramid (conv stem + BN, spatial-reduction attention, pool branches, affine
-residuals, merging transitions, GAP head). Everything is binarized (weights,
-activations, attention) except the stem and the classifier; transitions optionally
-full precision (BinaryViT*). The straight-through estimators here are written as
+residuals, merging transitions, GAP head). Weights and activations are binarized
+everywhere except the stem and the classifier; attention optionally (Q, K, V signed,
+softmax quantized); transitions optionally full precision (BinaryViT*). The straight-through estimators here are written as
 detach() expressions, not autograd Functions, so they check the backend's Functions."""
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class BinaryViTConfig:
     stem_norm: bool = True       # BatchNorm after the conv stem
     cls_token: bool = False      # binary DeiT: cls token and token head; else GAP head
     binary_transitions: bool = True
+    binary_attention: bool = True  # sign Q, K, V and quantize the softmax (else real attention)
     classes: int = 10
 
 
@@ -115,16 +116,18 @@ class Affine(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, reduce: int) -> None:
+    def __init__(self, dim: int, heads: int, reduce: int, binary_attention: bool) -> None:
         super().__init__()
         self.heads, self.hd, self.r = heads, dim // heads, reduce
+        self.binary_attention = binary_attention
         self.q, self.k, self.v = BLU(dim, dim, True), BLU(dim, dim, True), BLU(dim, dim, True)
         if reduce > 1:
             self.reduce = BLU(dim, dim, True)
         self.q_shift = nn.Parameter(torch.zeros(dim))
         self.k_shift = nn.Parameter(torch.zeros(dim))
         self.v_shift = nn.Parameter(torch.zeros(dim))
-        self.alpha = nn.Parameter(torch.tensor([0.005]))
+        if binary_attention:
+            self.alpha = nn.Parameter(torch.tensor([0.005]))
         self.context_norm = BN(dim)
         self.context_act = RPReLU(dim)
         self.proj = BLU(dim, dim, False)
@@ -143,11 +146,14 @@ class Attention(nn.Module):
             h = self.reduce(h, h)
         k = self.k(h, h)
         v = self.v(h, h)
-        qb = self.heads_first(sign_ste(q + self.q_shift))
-        kb = self.heads_first(sign_ste(k + self.k_shift))
-        vb = self.heads_first(sign_ste(v + self.v_shift))
+        act = sign_ste if self.binary_attention else (lambda t: t)
+        qb = self.heads_first(act(q + self.q_shift))
+        kb = self.heads_first(act(k + self.k_shift))
+        vb = self.heads_first(act(v + self.v_shift))
         scores = torch.matmul(qb, kb.transpose(-1, -2)) / (self.hd ** 0.5)
-        probs = quantize_probs(F.softmax(scores, dim=-1), self.alpha)
+        probs = F.softmax(scores, dim=-1)
+        if self.binary_attention:
+            probs = quantize_probs(probs, self.alpha)
         ctx = torch.matmul(probs, vb).permute(0, 2, 1, 3).reshape(B, N, C)
         if self.r > 1:
             side = int(N ** 0.5)
@@ -189,10 +195,10 @@ class PoolBranches(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, s: StageConfig) -> None:
+    def __init__(self, s: StageConfig, binary_attention: bool) -> None:
         super().__init__()
         self.norm1 = BN(s.dim)
-        self.attn = Attention(s.dim, s.heads, s.reduce)
+        self.attn = Attention(s.dim, s.heads, s.reduce, binary_attention)
         self.norm2 = BN(s.dim)
         self.mlp = Mlp(s.dim, s.hidden)
         if s.affine:
@@ -255,12 +261,12 @@ class Stem(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, s: StageConfig, prev: StageConfig | None, tokens: int, binary_transition: bool) -> None:
+    def __init__(self, s: StageConfig, prev: StageConfig | None, tokens: int, cfg: BinaryViTConfig) -> None:
         super().__init__()
         if prev is not None:
-            self.downsample = Merge(prev.dim, s.dim, binary_transition)
+            self.downsample = Merge(prev.dim, s.dim, cfg.binary_transitions)
             self.pos_embed = nn.Parameter(torch.zeros(1, tokens, s.dim))
-        self.blocks = nn.ModuleList(Block(s) for _ in range(s.depth))
+        self.blocks = nn.ModuleList(Block(s, cfg.binary_attention) for _ in range(s.depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "downsample"):
@@ -284,10 +290,10 @@ class BinaryViT(nn.Module):
             stages = []
             for i, s in enumerate(cfg.stages):
                 tokens = (side >> i) ** 2
-                stages.append(Stage(s, cfg.stages[i - 1] if i else None, tokens, cfg.binary_transitions))
+                stages.append(Stage(s, cfg.stages[i - 1] if i else None, tokens, cfg))
             self.stages = nn.ModuleList(stages)
         else:
-            self.blocks = nn.ModuleList(Block(first) for _ in range(first.depth))
+            self.blocks = nn.ModuleList(Block(first, cfg.binary_attention) for _ in range(first.depth))
         last = cfg.stages[-1].dim
         self.norm = BN(last)
         self.head = nn.Linear(last, cfg.classes)
