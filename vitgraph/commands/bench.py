@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                            shard=parse_shard(args.shard) if args.shard else None, force=args.force,
                            progress=args.progress, threads=args.threads)
     main = harness.main_process()
-    log = print if main else (lambda _: None)
+    log = _log if main else (lambda _: None)
     if args.list:
         return _list(harness, suite, store, opts)
     log(f"suite {suite.name}: {suite.description}")
@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
             written = write_report(shown, store.folder, f"Benchmark results: {suite.name}")
             print(f"\nreport: {written['report.md']} (with table.csv, runs.csv and plots)")
     return _status(outcome)
+
+
+def _log(text: str) -> None:
+    """Progress to stdout, errors (a missing dataset, a failed run) to stderr."""
+    print(text, file=sys.stderr if text.startswith("error") else sys.stdout, flush=True)
 
 
 def _status(outcome) -> int:  # noqa: ANN001 (harness.Outcome, imported lazily)
