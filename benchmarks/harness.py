@@ -133,6 +133,8 @@ def torch_speed(graph: Graph, device: str, measure: Measure) -> dict[str, Any]:
     timing = argparse.Namespace(iters=1, warmup=measure.warmup, repeats=measure.repeats, compile_mode=None)
     figures = throughput(vitgraph.to_torch(graph), "eager", measure.batch, graph.image, graph.classes, device,
                          torch.float32, timing)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # give the measured model's memory back before training
     return {"device": device, "batch": measure.batch, "dtype": "fp32", "threads": torch.get_num_threads(),
             **figures}
 
