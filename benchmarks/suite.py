@@ -190,8 +190,9 @@ def parse_suite(doc: Mapping[str, Any], suite_name: str, path: Path, specs_dir: 
                 teacher=setting.get("teacher"), teacher_weights=setting.get("teacher_weights"),
                 teacher_overrides=_table(setting.get("teacher_set", {}), f"{where}: teacher_set"),
                 distill=setting.get("distill")))
-    if not any(r.epochs or r.minutes for r in runs):
-        raise UserError(f"{where}: no budget; give [budget] epochs or minutes", status=2)
+    for r in runs:
+        if not (r.epochs or r.minutes):
+            raise UserError(f"{where}: no budget for {r.id}; give [budget] epochs or minutes", status=2)
     return Suite(suite_name, path, str(doc.get("description", "")), tuple(runs))
 
 
@@ -204,6 +205,8 @@ def narrow(suite: Suite, specs: Sequence[str] | None = None, datasets: Sequence[
             if item not in have:
                 raise UserError(f"suite '{suite.name}' has no {what} '{item}'" + suggestion(item, have),
                                 hint=f"its {what}s: " + ", ".join(have), status=2)
+    if (epochs is not None and epochs < 1) or (minutes is not None and minutes <= 0):
+        raise UserError("--epochs must be at least 1 and --minutes above 0", status=2)
     runs = [r for r in suite.runs if (not specs or r.spec in specs) and (not datasets or r.dataset in datasets)]
     changed = []
     for r in runs:

@@ -96,7 +96,9 @@ def test_overrides_layer_from_general_to_particular(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\nbudgett = 1\n', "unknown key 'budgett'; did you mean 'budget'?"),
-    ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\n', "no budget"),
+    ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\n', "no budget for vit@a"),
+    ('recipe = "r"\nspecs = ["vit", "pit"]\ndatasets = ["a"]\n[spec.vit]\nepochs = 2\n', "no budget for pit@a"),
+    ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\n[budget]\nepochs = 1.5\n', "whole number of epochs"),
     ('specs = ["vit"]\ndatasets = ["a"]\n[budget]\nepochs = 1\n', "missing 'recipe'"),
     ('recipe = "r"\nspecs = ["vitt"]\ndatasets = ["a"]\n[budget]\nepochs = 1\n', "did you mean 'vit'?"),
     ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\n[budget]\nepochs = -1\n', "expected a positive number"),
@@ -128,6 +130,8 @@ def test_narrowing(tmp_path):
     assert only.overrides == {"image": 48, "patch": 2, "classes": "7"}
     with pytest.raises(UserError, match="has no spec 'pitt'; did you mean 'pit'"):
         S.narrow(suite, specs=["pitt"])
+    with pytest.raises(UserError, match="--epochs must be at least 1"):
+        S.narrow(suite, epochs=0)
 
 
 def test_digest_tracks_what_defines_a_result(tmp_path):
