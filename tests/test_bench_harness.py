@@ -172,11 +172,21 @@ def test_shards_write_into_one_folder(tmp_path):
     assert main(["bench", "--suite", str(path), "--results", str(results), "--list"]) == 0
 
 
+def test_minutes_budget_end_to_end(tmp_path):
+    path = _suite_file(tmp_path, measure="batch = 8\nwarmup = 1\nrepeats = 2\nonnx_cpu = false")
+    suite = narrow(load_suite(str(path)), specs=["tiny"], minutes=0.02, epochs=3)
+    store = ResultStore(tmp_path / "res")
+    record = H.run_suite(suite, store, _opts(tmp_path), lambda _: None).done[0]
+    kept = json.loads((store.folder / record["metrics"]["run_dir"] / "budget.json").read_text())
+    assert 1 <= record["metrics"]["epochs"] == kept["epochs"] <= 3 and record["minutes"] == 0.02
+    assert kept["train_img_s"] == record["torch"]["train_img_s"]["median"]
+
+
 def test_minutes_budget_becomes_whole_epochs_kept_for_resume(tmp_path):
     suite = narrow(load_suite(str(_suite_file(tmp_path))), specs=["tiny"], minutes=0.5)
     p = H.plan(suite.runs)[0]
     folder = tmp_path / "run"
-    # 1437 digits images, 3 repeats in the digits recipe? no: repeats 1 -> 30 s * 100 img/s / 1437 -> 2 epochs
+    # the digits recipe passes once over its 1437 images per epoch: 30 s x 100 img/s / 1437 -> 2 epochs
     assert H.budget_epochs(p, folder, 100.0, 1437) == 2
     assert H.budget_epochs(p, folder, 1e6, 1437) == 2  # the first choice is kept
     assert H.budget_epochs(p, tmp_path / "other", 1.0, 1437) == 1  # at least one epoch
