@@ -107,7 +107,7 @@ def binary_mlp(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out
     """fc1 with the channels-repeated shortcut, fc2 with the group-averaged shortcut."""
     g, x, t, b = L.g, xs[0], ts[0], node.binary
     n, d, ratio = t.tokens, t.dim, node.attr("hidden") // t.dim
-    h = blu(L, f"{node.name}.fc1", x, g.op("Tile", x, g.const([1, 1, ratio])), b)     # (B, N, H)
+    h = blu(L, f"{node.name}.fc1", x, g.op("Concat", *[x] * ratio, axis=-1), b)       # (B, N, H)
     groups = g.op("ReduceMean", g.reshape(h, [0, n, d, ratio]), axes=[3], keepdims=0)  # (B, N, D)
     return blu(L, f"{node.name}.fc2", h, groups, b, out)
 
@@ -128,7 +128,8 @@ def merge_downsample(L: Lowering, node: Node, xs: list[str], ts: list[TensorType
         return L.linear(L.patches(y, half, 2, d, channels_last=True), f"{name}.conv.weight{FOLDED}", weight,
                         f"{name}.conv.bias{FOLDED}", shift, out)
     pooled = g.op("ReduceMean", g.reshape(y, [0, half[0], 2, half[1], 2, d]), axes=[2, 4], keepdims=0)
-    shortcut = g.op("Tile", g.reshape(pooled, [0, half[0] * half[1], d]), g.const([1, 1, d2 // d]))  # (B, N/4, D2)
+    pooled = g.reshape(pooled, [0, half[0] * half[1], d])                        # (B, N/4, D)
+    shortcut = g.op("Concat", *[pooled] * (d2 // d), axis=-1)                    # (B, N/4, D2)
     h = g.add(y, g.weight(f"{name}.move", L.w[f"{name}.move"]))
     if "activations" in b:
         h = g.op("Sign", h)

@@ -221,8 +221,8 @@ def _attention(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out
     if node.attr("lsa"):  # a token's score with itself is masked out before softmax
         mask = g.const(np.where(np.eye(n, dtype=bool), -np.inf, 0.0)[None, None], g.dtype)  # (1, 1, N, N)
     if L.fused:
-        b = np.zeros(3 * inner) if bias is None else bias * rows
-        ctx = g.op("Attention", x, g.transpose(g.weight(qkv_w, weight), [1, 0]), g.weight(qkv_b, b),
+        b = "" if bias is None else g.weight(qkv_b, bias * rows)
+        ctx = g.op("Attention", x, g.transpose(g.weight(qkv_w, weight), [1, 0]), b,
                    "", "", mask or "", domain=MS_DOMAIN, num_heads=heads, scale=1.0,
                    qkv_hidden_sizes=[inner, inner, inner])                          # (B, N, I)
     else:

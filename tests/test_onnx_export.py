@@ -1,0 +1,204 @@
+"""The exported ONNX model as a file: checker, shapes, names, metadata, initialisation,
+binary folding and errors (parity of the values is in test_onnx_parity.py)."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+import vitgraph
+from onnx_helpers import SPECS, TINY_BINARY, small_graph, torch_module
+from vitgraph.backends.onnx_backend import (IMAGENET_MEAN, IMAGENET_STD, make_session, packed_sizes, preprocessing,
+                                            summary, to_onnx)
+from vitgraph.backends._onnx_graph import initial_state
+from vitgraph.counting import weight_bytes
+from vitgraph.diagnostics import UserError
+from vitgraph.ir import Graph
+
+FOLDED = ":folded"
+
+
+def _spec(name: str) -> str:
+    return next(p for p in SPECS if p.endswith(f"/{name}.vg"))
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    g = model.graph
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(g.value_info) + list(g.input) + list(g.output)}
+
+
+def _ir_values(model: onnx.ModelProto) -> dict[str, str]:
+    return json.loads(_metadata(model)["ir_values"])
+
+
+def _metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _assert_shapes_agree(graph: Graph, model: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
+    shapes, values = _shapes(inferred), _ir_values(model)
+    for node in graph:
+        want = ["batch" if d == "B" else d for d in node.out.shape]
+        assert shapes.get(values[node.name]) == want, f"{node.name} ({values[node.name]})"
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.rsplit("/", 1)[-1])
+def test_every_spec_passes_the_checker_and_shape_inference(path: str) -> None:
+    """Standard ops: ONNX's own strict shape inference; with onnxruntime's fused kernels
+    (which ONNX does not know): onnxruntime's symbolic shape inference. Either way every
+    IR node's value has the IR's shape with the symbolic batch."""
+    graph = small_graph(path)
+    plain = to_onnx(graph, fused=False)
+    onnx.checker.check_model(plain, full_check=True)
+    assert {op.domain for op in plain.opset_import} == {""} and plain.opset_import[0].version >= 17
+    _assert_shapes_agree(graph, plain, onnx.shape_inference.infer_shapes(plain, check_type=True, strict_mode=True,
+                                                                         data_prop=True))
+    fused = to_onnx(graph)
+    onnx.checker.check_model(fused, full_check=True)
+    _assert_shapes_agree(graph, fused, SymbolicShapeInference.infer_shapes(fused))
+
+
+def test_names_come_from_the_spec() -> None:
+    """Node names start with the IR node's name; initializers are the state-dict keys,
+    with the torch values where nothing was folded into them, or a key + ':folded'."""
+    graph = small_graph(_spec("sl_vit"))
+    module = torch_module(graph)
+    state = module.state_dict()
+    model = to_onnx(graph, state)
+    ir_names = {n.name for n in graph}
+    for node in model.graph.node:
+        assert node.name.split("/")[0] in ir_names, node.name
+    seen = set()
+    for init in model.graph.initializer:
+        if init.name.startswith("const/"):
+            continue
+        key = init.name.removesuffix(FOLDED)
+        assert key in state, init.name
+        seen.add(key)
+        if not init.name.endswith(FOLDED):
+            np.testing.assert_array_equal(numpy_helper.to_array(init), state[key].numpy())
+    # LSA's temperature is folded into q's rows of qkv; every other parameter is exported as is
+    assert seen == set(state) - {k for k in state if k.endswith(".temperature")}
+    assert "blocks.0.attn.qkv.weight:folded" in {i.name for i in model.graph.initializer}
+
+
+def test_metadata_tells_how_to_preprocess() -> None:
+    graph = small_graph(_spec("deit_tiny_distilled"))
+    model = to_onnx(graph)
+    meta = _metadata(model)
+    prep = preprocessing(meta)
+    assert prep.input_size == graph.image == (3, 32, 32)
+    assert prep.mean == IMAGENET_MEAN and prep.std == IMAGENET_STD
+    assert prep.class_names == tuple(f"class_{i}" for i in range(10))
+    assert (prep.spec, prep.spec_hash) == ("deit_tiny_distilled", graph.spec.hash)
+    assert json.loads(meta["spec_params"]) == graph.spec.params
+    names = [f"c{i}" for i in range(10)]
+    custom = preprocessing(_metadata(to_onnx(graph, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), class_names=names)))
+    assert custom.mean == (0.5, 0.4, 0.3) and custom.std == (0.2, 0.2, 0.2) and custom.class_names == tuple(names)
+    # the session sees the same metadata (what `vitgraph predict` reads)
+    assert preprocessing(make_session(model).get_modelmeta().custom_metadata_map) == prep
+
+
+def test_initialisation_follows_the_contract() -> None:
+    """No state dict: the contract's init, deterministic in the seed."""
+    graph = small_graph(_spec("sl_vit"))
+    a = to_onnx(graph, seed=0)
+    assert a.SerializeToString() == to_onnx(graph, initial_state(graph, 0)).SerializeToString()
+    assert a.SerializeToString() != to_onnx(graph, seed=1).SerializeToString()
+    state = initial_state(graph, 0)
+    for key in ("blocks.0.mlp.fc1.weight", "pos_embed", "cls_token", "patch_embed.proj.weight"):
+        w = state[key]  # trunc_normal(.02) on [-2 std, 2 std]: std 0.02 * 0.88
+        assert abs(w.std() - 0.0176) < 0.003 and np.abs(w).max() <= 0.04, key
+    assert (state["blocks.0.norm1.weight"] == 1).all() and (state["blocks.0.norm1.bias"] == 0).all()
+    assert (state["blocks.0.mlp.fc1.bias"] == 0).all() and (state["head.bias"] == 0).all()
+    assert (state["blocks.0.attn.temperature"] == 16 ** -0.5).all()  # LSA: hd^-0.5, 12 heads x 16
+
+
+def test_binary_initialisation_and_folding() -> None:
+    """BinaryViT's binary weights become +-1 times a per-output-channel scale: every row
+    of a folded BLU weight takes two values, c and -c (BN folded into c)."""
+    graph = vitgraph.compile(TINY_BINARY)
+    state = initial_state(graph, 0)
+    attn = "stages.0.blocks.0.attn"
+    assert (state[f"{attn}.alpha"] == 0.005).all() and (state[f"{attn}.q.act.slope"] == 0.25).all()
+    assert (state["stages.0.blocks.0.affine1.scale"] == 0.1).all()
+    assert (state["stages.0.blocks.0.pool.branches.0.scale"] == 0).all()
+    assert (state[f"{attn}.q.norm.running_var"] == 1).all() and (state[f"{attn}.q.move"] == 0).all()
+    module = torch_module(graph)  # randomised: BN statistics, shifts and scales off their init
+    sd = {k: v.double().numpy() for k, v in module.state_dict().items()}
+    inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in to_onnx(graph, module.state_dict()).graph.initializer}
+    for prefix in (f"{attn}.q", f"{attn}.reduce", f"{attn}.proj", "stages.0.blocks.0.mlp.fc1"):
+        folded = inits[f"{prefix}.weight{FOLDED}"]                                 # (out, in)
+        w = sd[f"{prefix}.weight"]
+        bn = sd[f"{prefix}.norm.weight"] / np.sqrt(sd[f"{prefix}.norm.running_var"] + 1e-5)
+        scale = np.abs(w).mean(1) * bn                                             # per output channel
+        np.testing.assert_allclose(np.abs(folded), np.abs(scale)[:, None] * np.ones_like(w), rtol=1e-6)
+        np.testing.assert_array_equal(np.sign(folded), np.sign(w - w.mean(1, keepdims=True)) * np.sign(bn)[:, None])
+    conv = inits[f"stages.1.downsample.conv.weight{FOLDED}"]                       # (out, p1, p2, in): no centring
+    w = sd["stages.1.downsample.conv.weight"]
+    np.testing.assert_array_equal(np.sign(conv), np.sign(w.transpose(0, 2, 3, 1)) *
+                                  np.sign(sd["stages.1.downsample.norm.weight"])[:, None, None, None])
+    nodes = [n.op_type for n in to_onnx(graph).graph.node]
+    # the stem, the inputs of 9 attention and 4 MLP BLUs, q/k/v of 2 attentions, the merge conv
+    assert nodes.count("Sign") == 1 + 9 + 4 + 2 * 3 + 1
+    assert "BatchNormalization" not in nodes
+
+
+def test_packed_size_counts_binary_weights_at_one_bit() -> None:
+    graph = small_graph(_spec("binaryvit"))
+    fp_bytes, packed = packed_sizes(graph)
+    total = vitgraph.count(graph).total
+    assert (fp_bytes, packed) == weight_bytes(graph)
+    assert fp_bytes == 4 * total.params
+    assert 4 * total.fp_params + total.binary_params / 8 < packed < fp_bytes / 5
+
+
+def test_summary_reports_both_weight_sizes(tmp_path) -> None:  # noqa: ANN001
+    graph = small_graph(_spec("binaryvit"))
+    model = to_onnx(graph)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    text = summary(graph, model, path)
+    fp_bytes, packed = packed_sizes(graph)
+    assert f"{fp_bytes / 2**20:.2f} MiB as float32" in text and f"{packed / 2**20:.2f} MiB bit-packed" in text
+    assert re.search(r"opset 17, \d+ nodes", text)
+
+
+def test_torch_and_numpy_state_dicts_give_the_same_model() -> None:
+    graph = small_graph(_spec("pit"))
+    state = torch_module(graph).state_dict()
+    as_numpy = {k: v.numpy() for k, v in state.items()}
+    assert to_onnx(graph, state).SerializeToString() == to_onnx(graph, as_numpy).SerializeToString()
+
+
+def test_fused_kernels_are_used_only_when_asked() -> None:
+    graph = small_graph(_spec("deit_tiny"))
+    fused = {n.domain + "." + n.op_type for n in to_onnx(graph).graph.node if n.domain}
+    assert fused == {"com.microsoft.Attention", "com.microsoft.BiasGelu"}
+    assert not any(n.domain for n in to_onnx(graph, fused=False).graph.node)
+    with pytest.raises(ValueError, match="float32 only"):
+        to_onnx(graph, dtype="float64", fused=True)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        to_onnx(graph, dtype="float16")
+
+
+def test_weights_that_do_not_fit_are_user_errors() -> None:
+    graph = small_graph(_spec("deit_tiny"))
+    state = {k: v.numpy() for k, v in torch_module(graph).state_dict().items()}
+    missing = dict(state)
+    del missing["blocks.3.attn.qkv.bias"]
+    with pytest.raises(UserError, match=r"1 missing key\(s\) \[blocks.3.attn.qkv.bias\]"):
+        to_onnx(graph, missing)
+    with pytest.raises(UserError, match="1 unexpected key"):
+        to_onnx(graph, {**state, "extra.weight": np.zeros(3)})
+    wrong = dict(state, pos_embed=np.zeros((1, 7, 192)))
+    with pytest.raises(UserError, match=r"pos_embed has shape \(1, 7, 192\), the spec expects \(1, 5, 192\)"):
+        to_onnx(graph, wrong)
+    with pytest.raises(UserError, match="3 class names for a model with 10 classes"):
+        to_onnx(graph, class_names=["a", "b", "c"])
