@@ -169,6 +169,20 @@ def load_state_dict(path: str, graph: Graph) -> tuple[dict[str, Any], list[str]]
     return module.state_dict(), notes
 
 
+def run_preprocessing(checkpoint: str) -> dict[str, Any]:
+    """mean, std (and class_names, if recorded) of the dataset a checkpoint was trained on,
+    from the config.json that `vitgraph train` writes beside it; {} if there is none."""
+    config = Path(checkpoint).with_name("config.json")
+    try:
+        dataset = json.loads(config.read_text()).get("dataset", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    found = {k: tuple(dataset[k]) for k in ("mean", "std") if isinstance(dataset.get(k), list)}
+    if isinstance(dataset.get("class_names"), list):
+        found["class_names"] = [str(c) for c in dataset["class_names"]]
+    return found
+
+
 def summary(graph: Graph, model: onnx.ModelProto, path: Path) -> str:
     total = count(graph).total
     fp_bytes, packed = packed_sizes(graph)
@@ -189,7 +203,8 @@ def summary(graph: Graph, model: onnx.ModelProto, path: Path) -> str:
 def build_command(graph: Graph, args: argparse.Namespace) -> int:
     """`vitgraph build SPEC --backend onnx [-o OUT] [--weights CKPT]`: export, check, summarise."""
     state, notes = load_state_dict(args.weights, graph) if args.weights else (None, [])
-    model = to_onnx(graph, state)
+    prep = run_preprocessing(args.weights) if args.weights else {}
+    model = to_onnx(graph, state, **prep)
     onnx.checker.check_model(model, full_check=True)
     out = Path(args.output or f"{graph.name}.onnx")
     try:
@@ -199,6 +214,8 @@ def build_command(graph: Graph, args: argparse.Namespace) -> int:
     print(summary(graph, model, out))
     for note in notes:
         print(f"  note: {note}")
+    if prep:
+        print(f"  preprocessing ({', '.join(prep)}) from {Path(args.weights).with_name('config.json')}")
     if state is None:
         print("  note: no --weights, so the weights are the spec's initialisation (seed 0)")
     return 0
