@@ -4,7 +4,7 @@ the report (markdown, CSV, plots) beside it. See benchmarks/harness.py.
 
 Several machines: `--shard i/n` on each, all writing into one (shared) results folder.
 Several GPUs per run: launch the command under torchrun, e.g.
-    torchrun --nproc-per-node 8 $(which vitgraph) bench --suite large
+    torchrun --standalone --nproc-per-node 8 -m vitgraph.cli bench --suite large
 every process trains (DistributedDataParallel, the recipe's batch split over them) and rank 0
 alone measures and writes; `--nproc N` does that launch for you.
 """
@@ -15,9 +15,15 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from ..cli import parse_overrides
 from ..diagnostics import UserError
+
+if TYPE_CHECKING:
+    from ..benchmarks.harness import Options, Outcome
+    from ..benchmarks.results import ResultStore
+    from ..benchmarks.suite import Suite
 
 # Idle OpenMP threads sleep instead of spinning, as in `vitgraph train` (see commands/train.py):
 # on a CPU shared with other work, spinning threads slow training down by an order of magnitude.
@@ -54,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return _relaunch(args.nproc)
+        _relaunch(args.nproc)
     from ..benchmarks import harness
     from ..benchmarks.report import markdown_table, paper_table, write_report
     from ..benchmarks.results import ResultStore
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     main = harness.main_process()
     log = _log if main else (lambda _: None)
     if args.list:
-        return _list(harness, suite, store, opts)
+        return _list(suite, store, opts)
     log(f"suite {suite.name}: {suite.description}")
     outcome = harness.run_suite(suite, store, opts, log)
     if not main:
@@ -91,7 +97,7 @@ def _log(text: str) -> None:
     print(text, file=sys.stderr if text.startswith("error") else sys.stdout, flush=True)
 
 
-def _status(outcome) -> int:  # noqa: ANN001 (harness.Outcome, imported lazily)
+def _status(outcome: Outcome) -> int:
     if outcome.missing:
         print(f"missing dataset(s): {', '.join(outcome.missing)} ({len(outcome.left_out)} run(s) left out)",
               file=sys.stderr)
@@ -100,8 +106,10 @@ def _status(outcome) -> int:  # noqa: ANN001 (harness.Outcome, imported lazily)
     return 1 if outcome.missing or outcome.failed else 0
 
 
-def _list(harness, suite, store, opts) -> int:  # noqa: ANN001
-    _, todo, done = harness.select(suite, store, opts)
+def _list(suite: Suite, store: ResultStore, opts: Options) -> int:
+    from ..benchmarks.harness import select
+
+    _, todo, done = select(suite, store, opts)
     for p in sorted([*todo, *done], key=lambda p: suite.runs.index(p.run)):
         state = "done" if p in done else "todo"
         budget = f"{p.run.epochs} epochs" if p.run.epochs else f"{p.run.minutes} min"
@@ -110,17 +118,16 @@ def _list(harness, suite, store, opts) -> int:  # noqa: ANN001
     return 0
 
 
-def _relaunch(nproc: int) -> int:
-    """The same command under torchrun with `nproc` processes (one per GPU)."""
+def _relaunch(nproc: int) -> NoReturn:
+    """Replace this process by the same command under torchrun with `nproc` processes."""
     torchrun = shutil.which("torchrun")
     if torchrun is None:
         raise UserError("--nproc needs torchrun on PATH (it comes with torch)")
-    argv = [a for a in sys.argv[1:]]
+    argv = sys.argv[1:]  # holds "bench" (a bare `vitgraph` has no --nproc)
     if "--nproc" in argv:
         i = argv.index("--nproc")
-        del argv[i:i + 2]
+        argv = argv[:i] + argv[i + 2:]
     argv = [a for a in argv if not a.startswith("--nproc=")]
-    command = [torchrun, "--standalone", f"--nproc-per-node={nproc}", sys.argv[0], *argv]
+    command = [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "vitgraph.cli", *argv]
     print("+ " + " ".join(command), flush=True)
     os.execv(torchrun, command)
-    return 0  # not reached
