@@ -1,0 +1,263 @@
+"""CPU inference speed of the ONNX backend against the alternatives, in one run on one
+machine with one thread count:
+
+  (a) torch eager: the torch backend's module (vitgraph.to_torch), inference_mode;
+  (b) ours: vitgraph.to_onnx (lowered from the IR) in onnxruntime;
+  (c) torch.onnx.export of the same torch module (the dynamo exporter, and the TorchScript
+      one, dynamo=False) in onnxruntime.
+
+All onnxruntime sessions come from make_session (same options and threads); all systems
+get the same weights and the same images, and their outputs are checked against torch's
+before timing. Measured: batch-1 latency (p50, p90) and batch-B throughput, for vit
+(32 px), deit_tiny and deit_small (224 px) by default. Timing is interleaved: in each
+round every system runs a block of calls, in a rotated order, after warm-up, so that
+load from other processes falls on all systems alike; the load average is recorded.
+
+    python -m vitgraph.benchmarks.onnx_cpu [--specs vit deit_tiny deit_small] [--batch 64]
+        [--threads N] [--rounds 8] [--out benchmarks/results]
+
+Writes onnx_cpu_<cpu>_<threads>t_b<batch>.json and .md under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import vitgraph
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SPECS = ("vit", "deit_tiny", "deit_small")
+SYSTEMS = ("torch eager", "vitgraph onnx", "torch.onnx dynamo", "torch.onnx torchscript")
+OURS = "vitgraph onnx"
+
+
+# -- the machine and the code -----------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from vitgraph.backends.onnx_backend import physical_cores
+
+    return {"cpu": cpu_model(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
+            "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
+            "vitgraph": vitgraph.__version__, "git_commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "platform": platform.platform()}
+
+
+# -- the systems ---------------------------------------------------------------------------
+def torch_export(module: Any, image: tuple[int, int, int], dynamo: bool) -> Any:
+    """torch.onnx.export of `module` with a dynamic batch axis -> onnx.ModelProto."""
+    import onnx
+    import torch
+
+    example = (torch.randn(1, *image),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.onnx.export(module, example, dynamo=True, input_names=["input"], output_names=["logits"],
+                                        dynamic_shapes=({0: batch},), verbose=False)
+            return program.model_proto
+        buf = io.BytesIO()
+        torch.onnx.export(module, example, buf, dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+        return onnx.load_from_string(buf.getvalue())
+
+
+def build_systems(spec: str, threads: int) -> tuple[vitgraph.Graph, dict[str, Callable[[np.ndarray], np.ndarray]]]:
+    """The spec at its real size and one callable per system, images -> logits."""
+    import torch
+
+    from vitgraph.backends.onnx_backend import make_session
+
+    graph = vitgraph.compile(ROOT / "specs" / f"{spec}.vg")
+    module = vitgraph.to_torch(graph).eval()
+
+    def eager(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+
+    def onnxruntime_call(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+        session = make_session(model, threads)
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x})[0]
+
+    systems = {
+        "torch eager": eager,
+        OURS: onnxruntime_call(vitgraph.to_onnx(graph, module.state_dict())),
+        "torch.onnx dynamo": onnxruntime_call(torch_export(module, graph.image, dynamo=True)),
+        "torch.onnx torchscript": onnxruntime_call(torch_export(module, graph.image, dynamo=False)),
+    }
+    return graph, systems
+
+
+# -- timing ---------------------------------------------------------------------------------
+def interleaved(systems: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, warmup: int, rounds: int,
+                block: int) -> dict[str, list[float]]:
+    """Seconds per call of every system: `warmup` calls each, then `rounds` rounds in which
+    each system makes `block` consecutive calls, the order rotated every round."""
+    names = list(systems)
+    for name in names:
+        for _ in range(warmup):
+            systems[name](x)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(0.05)  # let the previous system's worker threads go idle
+            for _ in range(block):
+                t0 = time.perf_counter()
+                systems[name](x)
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def percentiles(values: list[float], scale: float = 1.0) -> dict[str, float]:
+    v = np.asarray(values) * scale
+    return {"p10": float(np.percentile(v, 10)), "p50": float(np.percentile(v, 50)),
+            "p90": float(np.percentile(v, 90)), "min": float(v.min()), "n": int(v.size)}
+
+
+def measure(spec: str, batch: int, threads: int, rounds: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    graph, systems = build_systems(spec, threads)
+    rng = np.random.default_rng(0)
+    check = rng.standard_normal((2, *graph.image), dtype=np.float32)
+    want = systems["torch eager"](check)
+    agreement = {name: float(np.abs(fn(check) - want).max() / np.abs(want).max())
+                 for name, fn in systems.items() if name != "torch eager"}
+    one = rng.standard_normal((1, *graph.image), dtype=np.float32)                  # (1, C, H, W)
+    many = rng.standard_normal((batch, *graph.image), dtype=np.float32)             # (B, C, H, W)
+    load_before = os.getloadavg()
+    latency = interleaved(systems, one, warmup=5, rounds=rounds, block=10)
+    throughput = interleaved(systems, many, warmup=1, rounds=rounds, block=1)
+    load_after = os.getloadavg()
+    result: dict[str, Any] = {
+        "spec": spec, "model": graph.name, "spec_hash": graph.spec.hash, "spec_params": graph.spec.params,
+        "image": list(graph.image), "batch": batch, "max_relative_diff_vs_torch": agreement,
+        "load_average": {"before": list(load_before), "after": list(load_after)}, "systems": {},
+    }
+    for name in systems:
+        result["systems"][name] = {"batch1_latency_ms": percentiles(latency[name], 1e3),
+                                   f"batch{batch}_s_per_call": percentiles(throughput[name]),
+                                   f"batch{batch}_img_s": batch / float(np.median(throughput[name]))}
+    result["ours_speedup"] = {  # time of the other system / our time: > 1 means ours is faster
+        name: {"batch1_p50": float(np.median(latency[name]) / np.median(latency[OURS])),
+               f"batch{batch}": float(np.median(throughput[name]) / np.median(throughput[OURS]))}
+        for name in systems if name != OURS}
+    result["seconds"] = round(time.time() - t0, 1)
+    return result
+
+
+# -- reporting --------------------------------------------------------------------------------
+def markdown(env: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    batch = results[0]["batch"]
+    lines = [f"# ONNX CPU inference: {env['cpu']}, {env['threads']} threads, batch 1 and {batch}", "",
+             f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, python "
+             f"{env['python']}; vitgraph commit {env['git_commit']}; {env['date']}.",
+             "Interleaved rounds (rotated order) after warm-up; latency percentiles over all batch-1 calls, "
+             "throughput = batch / median seconds per call. `speedup` = the other system's median time / ours.",
+             ""]
+    for r in results:
+        lines += [f"## {r['model']} ({r['image'][1]} px, spec hash {r['spec_hash']})", "",
+                  f"| system | batch 1 p50 (ms) | batch 1 p90 (ms) | batch {batch} (img/s) | ours vs it, batch 1 "
+                  f"| ours vs it, batch {batch} | max rel diff vs torch |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, s in r["systems"].items():
+            up = r["ours_speedup"].get(name)
+            ratio1 = f"{up['batch1_p50']:.2f}x" if up else "-"
+            ratio_b = f"{up[f'batch{batch}']:.2f}x" if up else "-"
+            diff = r["max_relative_diff_vs_torch"].get(name)
+            lines.append(f"| {name} | {s['batch1_latency_ms']['p50']:.2f} | {s['batch1_latency_ms']['p90']:.2f} | "
+                         f"{s[f'batch{batch}_img_s']:.1f} | {ratio1} | {ratio_b} | "
+                         f"{'-' if diff is None else f'{diff:.1e}'} |")
+        before, after = r["load_average"]["before"][0], r["load_average"]["after"][0]
+        lines += ["", f"Load average (1 min) {before:.2f} before, {after:.2f} after; {r['seconds']} s.", ""]
+    lines += ["## Goals (issue 4)", ""] + [f"- {line}" for line in verdicts(results)]
+    return "\n".join(lines) + "\n"
+
+
+def verdicts(results: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for r in results:
+        batch = r["batch"]
+        exporters = [n for n in r["ours_speedup"] if n.startswith("torch.onnx")]
+        worst1 = min(r["ours_speedup"][n]["batch1_p50"] for n in exporters)
+        worst_b = min(r["ours_speedup"][n][f"batch{batch}"] for n in exporters)
+        eager = r["ours_speedup"]["torch eager"]["batch1_p50"]
+        out.append(f"{r['model']}: vs torch.onnx.export {worst1:.2f}x (batch 1), {worst_b:.2f}x (batch {batch}) "
+                   f"[goal >= 1.00: {'met' if min(worst1, worst_b) >= 1 else 'NOT met'}]; vs torch eager "
+                   f"{eager:.2f}x at batch 1 [goal >= 1.15: {'met' if eager >= 1.15 else 'NOT met'}]")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vitgraph.backends.onnx_backend import physical_cores
+
+    p = argparse.ArgumentParser(prog="python -m vitgraph.benchmarks.onnx_cpu", description=__doc__.split("\n\n")[0])
+    p.add_argument("--specs", nargs="+", default=list(DEFAULT_SPECS), help="spec names under specs/")
+    p.add_argument("--batch", type=int, default=64, help="batch size of the throughput runs (default 64)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every system (default: physical cores)")
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds (default 8)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
+    args = p.parse_args(argv)
+    threads = args.threads or physical_cores()
+    env = environment(threads)
+    print(f"{env['cpu']}, {threads} threads, commit {env['git_commit']}", flush=True)
+    results = []
+    for spec in args.specs:
+        results.append(measure(spec, args.batch, threads, args.rounds))
+        r = results[-1]
+        for name, s in r["systems"].items():
+            print(f"{spec:12s} {name:24s} batch 1 p50 {s['batch1_latency_ms']['p50']:8.2f} ms  p90 "
+                  f"{s['batch1_latency_ms']['p90']:8.2f} ms   batch {args.batch} {s[f'batch{args.batch}_img_s']:8.1f} img/s",
+                  flush=True)
+    for line in verdicts(results):
+        print(line)
+    slug = re.sub(r"[^a-z0-9]+", "-", env["cpu"].lower()).strip("-")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"onnx_cpu_{slug}_{threads}t_b{args.batch}"
+    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": results}, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(env, results))
+    print(f"wrote {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
