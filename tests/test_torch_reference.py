@@ -11,6 +11,7 @@ import torch
 
 import vitgraph
 from reference.binaryvit import BinaryViT, BinaryViTConfig, StageConfig
+from reference.pit import PiT, PiTConfig
 from reference.vit import ShiftedPatchTokenization, ViTConfig, VisionTransformer
 from vitgraph.backends._torch_layers import shifted_patches
 
@@ -112,6 +113,15 @@ def test_vit_family_matches_reference(case, train) -> None:
     model = vitgraph.to_torch(vitgraph.compile(ROOT / f"specs/{spec}.vg", **overrides))
     perturb(model, seed=1, scale=0.02)
     assert_same(model, VisionTransformer(cfg), _image(2), train)
+
+
+@pytest.mark.parametrize("spec", ["pit", "sl_pit"])
+def test_pit_family_matches_reference(spec) -> None:
+    """Pyramids: PiT's depthwise-conv pooling, SL-PiT's SPT merging (cls token via Linear)."""
+    torch.manual_seed(0)
+    model = vitgraph.to_torch(vitgraph.compile(ROOT / f"specs/{spec}.vg", image=32, patch=4, drop_path=0.0))
+    perturb(model, seed=5, scale=0.02)
+    assert_same(model, PiT(PiTConfig(image=32, patch=4, spt_lsa=spec == "sl_pit")), _image(6), train=True)
 
 
 def test_deit_block_matches_reference() -> None:

@@ -38,6 +38,18 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
+def shifted_patch_tokens(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, p*p*5C): the image and its four diagonal half-patch shifts,
+    cut into p x p patches flattened (p1, p2, c)."""
+    s = p // 2
+    # the official code crops a zero-padded copy: x_lu = pad(x)[:-2s, :-2s] is x moved by (+s, +s)
+    x5 = torch.cat([x, shift(x, s, s), shift(x, s, -s), shift(x, -s, s), shift(x, -s, -s)], dim=1)
+    B, C5 = x5.shape[:2]
+    cols = F.unfold(x5, kernel_size=p, stride=p)  # (B, C5*p*p, L), rows ordered (c, p1, p2)
+    L = cols.shape[-1]
+    return cols.view(B, C5, p, p, L).permute(0, 4, 2, 3, 1).reshape(B, L, p * p * C5)
+
+
 class ShiftedPatchTokenization(nn.Module):
     """SPT: [x, left-up, right-up, left-down, right-down] half-patch shifts -> patches
     flattened (p1, p2, c) -> LayerNorm -> Linear."""
@@ -50,14 +62,7 @@ class ShiftedPatchTokenization(nn.Module):
         self.proj = nn.Linear(feat, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, p = self.patch // 2, self.patch
-        # the official code crops a zero-padded copy: x_lu = pad(x)[:-2s, :-2s] is x moved by (+s, +s)
-        x5 = torch.cat([x, shift(x, s, s), shift(x, s, -s), shift(x, -s, s), shift(x, -s, -s)], dim=1)
-        B, C5 = x5.shape[:2]
-        cols = F.unfold(x5, kernel_size=p, stride=p)  # (B, C5*p*p, L), rows ordered (c, p1, p2)
-        L = cols.shape[-1]
-        tokens = cols.view(B, C5, p, p, L).permute(0, 4, 2, 3, 1).reshape(B, L, p * p * C5)
-        return self.proj(self.norm(tokens))
+        return self.proj(self.norm(shifted_patch_tokens(x, self.patch)))
 
 
 class PatchEmbed(nn.Module):
