@@ -46,8 +46,34 @@ class Lowering:
     graph: Graph
     g: OnnxGraph
     w: Weights
-    fused: bool                      # emit com.microsoft fused kernels (see plan_fusions)
+    fused: bool                      # emit onnxruntime's com.microsoft fused kernels
     values: dict[int, str] = field(default_factory=dict)       # IR node id -> ONNX value
+    types: dict[int, TensorType] = field(default_factory=dict)  # IR node id -> what that value holds
+    keep: dict[int, int] = field(default_factory=dict)         # IR node id -> leading tokens it computes
+    _prefixes: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    # -- token pruning ------------------------------------------------------------------
+    def plan_tokens(self) -> None:
+        """Dead-token elimination. A cls (+ distill) head reads only the first 1 (2) tokens of
+        the final norm, so every per-token op between the last attention and the head, and
+        that attention's queries, need only those tokens (the attention still reads every
+        token's key and value). Fills `keep` with the prunable nodes and their token count."""
+        need: dict[int, int | None] = {}
+        for node in reversed(self.graph.nodes()):
+            wants = [_wants(user, need) for user in self.graph.users(node)]
+            need[node.id] = None if not wants or None in wants else max(wants)  # type: ignore[type-var]
+            k = need[node.id]
+            prunable = node.op in PER_TOKEN or (node.op is Op.ATTENTION and not node.binary)
+            if k is not None and prunable and k < node.out.tokens:
+                self.keep[node.id] = k
+
+    def prefix(self, x: str, t: TensorType, k: int) -> tuple[str, TensorType]:
+        """The first k tokens of a (B, N, D) value (sliced once, shared)."""
+        if t.tokens <= k:
+            return x, t
+        if (x, k) not in self._prefixes:
+            self._prefixes[(x, k)] = self.g.slice(x, [0], [k], [1])              # (B, k, D)
+        return self._prefixes[(x, k)], pruned(t, k)
 
     # -- linear layers ------------------------------------------------------------------
     def matrix(self, name: str, weight: np.ndarray) -> str:
@@ -173,6 +199,19 @@ def _shift_tokenize(L: Lowering, node: Node, xs: list[str], ts: list[TensorType]
 
 
 _TOKEN_KEYS = {"cls": "cls_token", "distill": "dist_token"}
+PER_TOKEN = frozenset({Op.NORM, Op.MLP, Op.AFFINE, Op.DROP_PATH, Op.ADD, Op.POS_EMBED})
+
+
+def _wants(user: Node, need: dict[int, int | None]) -> int | None:
+    """How many leading tokens `user` reads of its input (None: all of them)."""
+    if user.op is Op.HEAD:
+        return {"token": 1, "token+distill": 2}.get(user.attr("kind"))
+    return need[user.id] if user.op in PER_TOKEN else None
+
+
+def pruned(t: TensorType, k: int) -> TensorType:
+    """The type of the first k tokens of t (no longer a grid)."""
+    return TensorType(("B", k, t.dim), None, min(t.prefix, k), t.dtype)
 
 
 def _tokens(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str) -> str:
@@ -186,7 +225,10 @@ def _tokens(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: s
 
 
 def _pos_embed(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str) -> str:
-    return L.g.add(xs[0], L.g.weight(node.name, L.w[node.name]), out=out)
+    pos = L.g.weight(node.name, L.w[node.name])                                # (1, N, D)
+    if ts[0].tokens < node.out.tokens:  # pruned to the leading tokens
+        pos = L.g.slice(pos, [0], [ts[0].tokens], [1])
+    return L.g.add(xs[0], pos, out=out)
 
 
 def _norm(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str) -> str:
@@ -201,11 +243,14 @@ def attention_dims(node: Node, dim: int) -> tuple[int, int]:
 
 
 def _attention(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str) -> str:
+    """Multi-head self-attention; queries of only the first `keep` tokens when the rest
+    are dead (L.plan_tokens)."""
     from ._onnx_binary import binary_attention
 
     if node.binary:
         return binary_attention(L, node, xs, ts, out)
     g, x, n = L.g, xs[0], ts[0].tokens
+    m = L.keep.get(node.id, n)  # query tokens
     heads, hd = attention_dims(node, ts[0].dim)
     inner = heads * hd
     # the score scale (LSA: the learned per-head temperature) folded into q's rows
@@ -216,26 +261,37 @@ def _attention(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out
     rows = np.concatenate([scale, np.ones(2 * inner)])
     weight = L.w[f"{node.name}.qkv.weight"] * rows[:, None]
     bias = L.w.get(f"{node.name}.qkv.bias")
+    bias = None if bias is None else bias * rows
     qkv_w, qkv_b = f"{node.name}.qkv.weight{FOLDED}", f"{node.name}.qkv.bias{FOLDED}"
     mask = None
     if node.attr("lsa"):  # a token's score with itself is masked out before softmax
-        mask = g.const(np.where(np.eye(n, dtype=bool), -np.inf, 0.0)[None, None], g.dtype)  # (1, 1, N, N)
-    if L.fused:
-        b = "" if bias is None else g.weight(qkv_b, bias * rows)
+        mask = g.const(np.where(np.eye(n, dtype=bool), -np.inf, 0.0)[None, None, :m], g.dtype)  # (1, 1, M, N)
+    if L.fused and m == n:
+        b = "" if bias is None else g.weight(qkv_b, bias)
         ctx = g.op("Attention", x, g.transpose(g.weight(qkv_w, weight), [1, 0]), b,
                    "", "", mask or "", domain=MS_DOMAIN, num_heads=heads, scale=1.0,
                    qkv_hidden_sizes=[inner, inner, inner])                          # (B, N, I)
+    elif L.fused:  # queries of the first m tokens, keys and values of all
+        w = g.transpose(g.weight(qkv_w, weight), [1, 0])                         # (D, 3I), folded
+        q = g.op("MatMul", L.prefix(x, ts[0], m)[0], g.slice(w, [0], [inner], [1]))  # (B, M, I)
+        k = g.op("MatMul", x, g.slice(w, [inner], [2 * inner], [1]))              # (B, N, I)
+        v = g.op("MatMul", x, g.slice(w, [2 * inner], [3 * inner], [1]))          # (B, N, I)
+        b = "" if bias is None else g.weight(qkv_b, bias)
+        ctx = g.op("MultiHeadAttention", q, k, v, b, "", mask or "", domain=MS_DOMAIN, num_heads=heads,
+                   scale=1.0)                                                    # (B, M, I)
     else:
-        qkv = L.linear(x, qkv_w, weight, qkv_b, None if bias is None else bias * rows)  # (B, N, 3I)
+        qkv = L.linear(x, qkv_w, weight, qkv_b, bias)                            # (B, N, 3I)
         q, k, v = g.op_n("Split", [qkv, g.const([inner] * 3)], 3, axis=-1)
-        q = g.transpose(g.reshape(q, [0, n, heads, hd]), [0, 2, 1, 3])           # (B, H, N, hd)
+        if m < n:
+            q = g.slice(q, [0], [m], [1])                                         # (B, M, I)
+        q = g.transpose(g.reshape(q, [0, m, heads, hd]), [0, 2, 1, 3])           # (B, H, M, hd)
         k = g.transpose(g.reshape(k, [0, n, heads, hd]), [0, 2, 3, 1])           # (B, H, hd, N)
         v = g.transpose(g.reshape(v, [0, n, heads, hd]), [0, 2, 1, 3])           # (B, H, N, hd)
-        scores = g.op("MatMul", q, k)                                            # (B, H, N, N)
+        scores = g.op("MatMul", q, k)                                            # (B, H, M, N)
         if mask:
             scores = g.add(scores, mask)
-        ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)                # (B, H, N, hd)
-        ctx = g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [0, n, inner])           # (B, N, I)
+        ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)                # (B, H, M, hd)
+        ctx = g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [0, m, inner])           # (B, M, I)
     return L.linear_key(ctx, f"{node.name}.proj", out)
 
 
@@ -352,13 +408,18 @@ LOWER: dict[Op, Lower] = {
 }
 
 
-def lower(graph: Graph, g: OnnxGraph, weights: Weights, fused: bool) -> dict[str, str]:
+def lower(graph: Graph, g: OnnxGraph, weights: Weights, fused: bool) -> dict[str, tuple[str, int | None]]:
     """Append the nodes of every IR node, in the graph's stable order. Returns IR node
-    name -> the ONNX value holding its output (a drop-path's is its input's)."""
+    name -> (the ONNX value holding its output (a drop-path's is its input's), the number
+    of leading tokens it holds when pruned, else None)."""
     L = Lowering(graph, g, weights, fused)
+    L.plan_tokens()
     for node in graph:
-        ins = graph.inputs(node)
+        xs, ts = [L.values[i] for i in node.inputs], [L.types[i] for i in node.inputs]
+        k = L.keep.get(node.id)
         with g.scope(node.name):
-            L.values[node.id] = LOWER[node.op](L, node, [L.values[i.id] for i in ins], [i.out for i in ins],
-                                               value_name(node))
-    return {n.name: L.values[n.id] for n in graph}
+            if k is not None and node.op in PER_TOKEN:
+                xs, ts = (list(v) for v in zip(*(L.prefix(x, t, k) for x, t in zip(xs, ts))))
+            L.values[node.id] = LOWER[node.op](L, node, xs, ts, value_name(node))
+        L.types[node.id] = node.out if k is None else pruned(node.out, k)
+    return {n.name: (L.values[n.id], L.keep.get(n.id)) for n in graph}

@@ -76,7 +76,10 @@ def to_onnx(graph: Graph, state_dict: Mapping[str, Any] | None = None, *, mean: 
     outputs = [helper.make_tensor_value_info("logits", g.elem_type, ["batch", graph.classes])]
     doc = f"vitgraph {graph.name} ({graph.spec.path if graph.spec else 'spec text'})"
     metadata = _metadata(graph, mean, std, names, fused, dt)
-    metadata["ir_values"] = json.dumps(values)  # IR node name -> the ONNX value of its output
+    # IR node name -> the ONNX value of its output; for values that hold only the leading
+    # tokens that the head reads (dead-token elimination), how many
+    metadata["ir_values"] = json.dumps({name: v for name, (v, _) in values.items()})
+    metadata["ir_values_pruned"] = json.dumps({name: k for name, (_, k) in values.items() if k is not None})
     return g.model(inputs, outputs, graph.name, metadata, doc)
 
 

@@ -18,7 +18,7 @@ from vitgraph.backends.onnx_backend import (IMAGENET_MEAN, IMAGENET_STD, make_se
 from vitgraph.backends._onnx_graph import initial_state
 from vitgraph.counting import weight_bytes
 from vitgraph.diagnostics import UserError
-from vitgraph.ir import Graph
+from vitgraph.ir import Graph, Op
 
 FOLDED = ":folded"
 
@@ -42,9 +42,14 @@ def _metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def _assert_shapes_agree(graph: Graph, model: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
+    """Every IR node's value has the IR's shape, or (B, k, D) where the export kept only
+    the k leading tokens that a cls/distill head reads."""
     shapes, values = _shapes(inferred), _ir_values(model)
+    pruned = json.loads(_metadata(model)["ir_values_pruned"])
     for node in graph:
         want = ["batch" if d == "B" else d for d in node.out.shape]
+        if node.name in pruned:
+            want[1] = pruned[node.name]
         assert shapes.get(values[node.name]) == want, f"{node.name} ({values[node.name]})"
 
 
@@ -86,6 +91,20 @@ def test_names_come_from_the_spec() -> None:
     # LSA's temperature is folded into q's rows of qkv; every other parameter is exported as is
     assert seen == set(state) - {k for k in state if k.endswith(".temperature")}
     assert "blocks.0.attn.qkv.weight:folded" in {i.name for i in model.graph.initializer}
+
+
+def test_dead_tokens_are_pruned_after_the_last_attention() -> None:
+    """A cls head reads one token: from the last attention's queries on, the export
+    computes one token (two with the distillation token); a gap head reads all."""
+    for name, k in (("vit", 1), ("deit_tiny_distilled", 2), ("binaryvit", None)):
+        graph = small_graph(_spec(name))
+        pruned = json.loads(_metadata(to_onnx(graph))["ir_values_pruned"])
+        last = [n for n in graph if n.op is Op.ATTENTION][-1]
+        after = [n.name for n in graph if n.id >= last.id and n.op is not Op.HEAD]
+        if k is None:
+            assert pruned == {}
+        else:
+            assert pruned == {n: k for n in after}, name
 
 
 def test_metadata_tells_how_to_preprocess() -> None:
@@ -180,7 +199,7 @@ def test_torch_and_numpy_state_dicts_give_the_same_model() -> None:
 def test_fused_kernels_are_used_only_when_asked() -> None:
     graph = small_graph(_spec("deit_tiny"))
     fused = {n.domain + "." + n.op_type for n in to_onnx(graph).graph.node if n.domain}
-    assert fused == {"com.microsoft.Attention", "com.microsoft.BiasGelu"}
+    assert fused == {"com.microsoft.Attention", "com.microsoft.MultiHeadAttention", "com.microsoft.BiasGelu"}
     assert not any(n.domain for n in to_onnx(graph, fused=False).graph.node)
     with pytest.raises(ValueError, match="float32 only"):
         to_onnx(graph, dtype="float64", fused=True)
