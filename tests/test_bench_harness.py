@@ -218,3 +218,17 @@ def test_smoke_subset_end_to_end(tmp_path, capsys):
     assert "| vit |" in out and (tmp_path / "res" / "accuracy_vs_ops.png").is_file()
     record = ResultStore(tmp_path / "res").records()[0]
     assert record["suite"] == "smoke" and record["spec_params"]["image"] == 12 and record["metrics"]["epochs"] == 1
+
+
+def test_failed_download_still_says_where_the_files_go(tmp_path, monkeypatch):
+    import vitgraph.data.datasets as D
+
+    def offline(remote, directory):
+        raise H.UserError(f"could not download {remote.url}: no network")
+
+    monkeypatch.setattr(D, "fetch", offline)
+    opts = H.Options(data_root=str(tmp_path), download=True)
+    with pytest.raises(H.UserError) as e:
+        H.dataset_size("cifar100", opts)
+    assert e.value.message.startswith("could not download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz")
+    assert f"looked for {tmp_path / 'cifar-100-python'}" in e.value.message and "cifar.html" in e.value.hint
