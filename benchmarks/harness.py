@@ -357,9 +357,8 @@ def execute(p: Planned, everything: list[Planned], store: ResultStore, opts: Opt
     try:
         if measure.torch_throughput and main:
             figures["torch"] = torch_speed(p.graph, device, measure)
-        epochs = budget_epochs(p, folder, figures.get("torch", {}).get("train_img_s", {}).get("median"),
-                               train_images)
-        teacher = find_teacher(p, everything, store)
+        decision = _decide(p, everything, store, folder, figures, train_images) if main else None
+        epochs, teacher = _agree(decision)
         metrics = train_and_evaluate(p, folder, epochs, device, teacher, opts.data_root, opts.download,
                                      opts.progress)
         metrics["run_dir"] = str(folder.relative_to(store.folder))
@@ -375,6 +374,34 @@ def execute(p: Planned, everything: list[Planned], store: ResultStore, opts: Opt
     if main:
         store.append(record)
     return record
+
+
+Decision = tuple[int, "Teacher | None"] | tuple[str, str | None]
+
+
+def _decide(p: Planned, everything: list[Planned], store: ResultStore, folder: Path, figures: Mapping[str, Any],
+            train_images: int) -> Decision:
+    """Rank 0's choice of the epochs and the teacher, or the error that fails the run."""
+    try:
+        train_img_s = figures.get("torch", {}).get("train_img_s", {}).get("median")
+        return budget_epochs(p, folder, train_img_s, train_images), find_teacher(p, everything, store)
+    except UserError as e:
+        return e.message, e.hint
+
+
+def _agree(decision: Decision | None) -> tuple[int, Teacher | None]:
+    """Every process of a torchrun launch acts on rank 0's decision (the others did not measure,
+    and may look at the run folders before rank 0 has written them)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        box = [decision]
+        dist.broadcast_object_list(box, src=0)
+        decision = box[0]
+    assert decision is not None
+    if isinstance(decision[0], str):
+        raise UserError(decision[0], hint=decision[1])
+    return decision  # type: ignore[return-value]
 
 
 def _summary(record: Mapping[str, Any]) -> str:

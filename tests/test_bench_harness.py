@@ -194,18 +194,22 @@ def test_minutes_budget_becomes_whole_epochs_kept_for_resume(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_share_one_process_group(tmp_path):
-    """`--nproc 2` relaunches under torchrun (gloo on CPU): both runs train on 2 processes and
-    rank 0 alone writes their records."""
+    """`--nproc 2` relaunches under torchrun (gloo on CPU): both runs train on 2 processes, rank 0
+    alone measures, chooses the epochs of the minutes budget and the teacher, and writes."""
     import subprocess
     import sys
 
     path = _suite_file(tmp_path, measure="batch = 4\nwarmup = 1\nrepeats = 2")
+    path.write_text(path.read_text().replace("[budget]", '[spec.tiny2]\ndistill = "kd"\nteacher = "tiny"\n[budget]'))
     vitgraph = Path(sys.executable).parent / "vitgraph"
     done = subprocess.run([str(vitgraph), "bench", "--suite", str(path), "--results", str(tmp_path / "res"),
-                           "--nproc", "2", "--no-report"], capture_output=True, text=True, timeout=600)
+                           "--nproc", "2", "--minutes", "0.05", "--epochs", "2", "--no-report"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     records = ResultStore(tmp_path / "res").records()
-    assert [(r["run"], r["metrics"]["world_size"]) for r in records] == [("tiny@digits", 2), ("tiny2@digits", 2)]
+    assert [(r["run"], r["status"], r["metrics"]["world_size"]) for r in records] == [
+        ("tiny@digits", "ok", 2), ("tiny2@digits", "ok", 2)]
+    assert all(1 <= r["metrics"]["epochs"] <= 2 for r in records)
 
 
 @pytest.mark.slow
