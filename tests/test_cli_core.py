@@ -62,3 +62,27 @@ def test_import_is_cheap() -> None:
     code = "import sys, vitgraph; vitgraph.compile('specs/vit.vg'); print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_garbage_checkpoint_is_one_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_text("root:x:0:0:root:/root:/bin/bash\n")  # a text file, not a torch.save archive
+    status = main(["build", "specs/vit.vg", "--weights", str(bad), "-o", str(tmp_path / "m.pt")])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith(f"error: cannot read checkpoint {bad}") and "Traceback" not in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_missing_dataset_offline_says_where_and_how(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import vitgraph.data.sources as sources
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
+    status = main(["eval", "specs/vit.vg", "--weights", "none.pt", "--dataset", "cifar10",
+                   "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert f"looked for {tmp_path}/cifar-10-batches-py" in err and "hint: download cifar-10-python.tar.gz" in err

@@ -25,11 +25,6 @@ if TYPE_CHECKING:
     from ..benchmarks.results import ResultStore
     from ..benchmarks.suite import Suite
 
-# Idle OpenMP threads sleep instead of spinning, as in `vitgraph train` (see commands/train.py):
-# on a CPU shared with other work, spinning threads slow training down by an order of magnitude.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def _names(text: str) -> list[str]:
     return [t for t in text.replace(",", " ").split() if t]
 

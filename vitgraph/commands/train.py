@@ -13,12 +13,6 @@ import os
 
 from ..cli import parse_overrides
 
-# Idle OpenMP threads sleep instead of spinning. Set before torch loads (the CLI imports this
-# module first): on a CPU shared with other processes, spinning threads made a ViT training
-# step 35x slower here (10.2 s vs 0.29 s, 2 threads, load average 7); alone, it costs nothing.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by train and eval: where the data is and how it is read."""
     p.add_argument("--dataset", default="digits",

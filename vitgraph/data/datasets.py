@@ -124,7 +124,10 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
     base = data_root(root)
     reader = _find(known, base)
     if reader is None and download and known.remotes:
-        _download(known, base)
+        try:
+            _download(known, base)
+        except UserError as e:  # offline, or a bad download: say what was looked for and how to get it
+            raise _missing(known, base, download, failure=e.message) from None
         reader = _find(known, base)
     if reader is None:
         raise _missing(known, base, download)
@@ -162,12 +165,14 @@ def _download(known: Known, base: Path) -> None:
             extract(path, base)
 
 
-def _missing(known: Known, base: Path, download: bool) -> UserError:
+def _missing(known: Known, base: Path, download: bool, failure: str | None = None) -> UserError:
     looked = [str(base / known.official)]
     if known.folder:
         looked.append(f"{base / known.folder}/{{train,test}}/<class>/")
     tried = " (download disabled)" if known.remotes and not download else ""
-    return UserError(f"dataset '{known.name}' not found{tried}: looked for {' and '.join(looked)}",
+    if failure:
+        tried = f" and {failure}"
+    return UserError(f"dataset '{known.name}' not found: looked for {' and '.join(looked)}{tried}",
                      hint=f"{known.how_to_get}; set the location with --data-root or VITGRAPH_DATA "
                           f"(now {base})")
 
