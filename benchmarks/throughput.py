@@ -154,6 +154,9 @@ def markdown(record: dict[str, Any]) -> str:
              f"{c['torch_threads']} threads, commit {c['git_commit']}, load {c['load_avg_1min']}.", ""]
     if record.get("timm_note"):
         lines += [f"Note: {record['timm_note']}.", ""]
+    if not c["gpu"]:
+        lines += ["CPU figures only: the GPU comparison with timm (batch 256 at 224 px, 512 at 32 px) is owed until "
+                  "`python -m vitgraph.benchmarks.throughput --device cuda` runs on a GPU machine with timm.", ""]
     lines += ["| model | impl | mode | batch | params | train img/s | infer img/s | train vs timm eager |"
               " infer vs timm eager |", "|---|---|---|---|---|---|---|---|---|"]
     base = {r["model"]: r for r in record["rows"] if r["impl"] == "timm" and r["mode"] == "eager"}
