@@ -131,19 +131,26 @@ class OnnxGraph:
 
 # -- weights ------------------------------------------------------------------------------
 def _to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor or array-like as a numpy array; float32 and float64 are kept as they
+    are (a CPU float32 tensor is not copied), other types widened to float64. Folding
+    converts to float64 itself."""
     if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().double().numpy()
-    return np.asarray(value, dtype=np.float64)
+        value = value.detach().cpu()
+        if str(value.dtype) not in ("torch.float32", "torch.float64"):
+            value = value.double()
+        value = value.numpy()
+    arr = np.asarray(value)
+    return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
 
 
 def _trunc_normal(rng: np.random.Generator, shape: tuple[int, ...], std: float = 0.02) -> np.ndarray:
     """Normal(0, std) truncated to [-2 std, 2 std] (resampling outside), as timm's init."""
-    out = rng.normal(0.0, std, size=shape)
-    bad = np.abs(out) > 2 * std
+    out = rng.standard_normal(size=shape, dtype=np.float32)
+    bad = np.abs(out) > 2
     while bad.any():
-        out[bad] = rng.normal(0.0, std, size=int(bad.sum()))
-        bad = np.abs(out) > 2 * std
-    return out
+        out[bad] = rng.standard_normal(size=int(bad.sum()), dtype=np.float32)
+        bad = np.abs(out) > 2
+    return out * np.float32(std)
 
 
 def initial_state(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -207,9 +214,11 @@ class Weights:
         return self[key] if key in self._arrays else None
 
     def batchnorm(self, prefix: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
-        """Eval-mode BatchNorm as y = x * scale + shift (per channel)."""
-        scale = self[f"{prefix}.weight"] / np.sqrt(self[f"{prefix}.running_var"] + eps)
-        return scale, self[f"{prefix}.bias"] - self[f"{prefix}.running_mean"] * scale
+        """Eval-mode BatchNorm as y = x * scale + shift (per channel), in float64."""
+        weight, bias, mean, var = (self[f"{prefix}.{k}"].astype(np.float64)
+                                   for k in ("weight", "bias", "running_mean", "running_var"))
+        scale = weight / np.sqrt(var + eps)
+        return scale, bias - mean * scale
 
     def ignore(self, *keys: str) -> None:
         """Mark parameters that the eval-mode network does not use as read."""
@@ -226,11 +235,13 @@ def _few(keys: list[str]) -> str:
 def binary_linear(w: np.ndarray) -> np.ndarray:
     """BinaryViT's eval-mode linear weight (out, in): sign of the row-centred W times the
     per-row mean |W| of the uncentred W."""
+    w = w.astype(np.float64)
     return np.sign(w - w.mean(axis=1, keepdims=True)) * np.abs(w).mean(axis=1, keepdims=True)
 
 
 def binary_conv(w: np.ndarray) -> np.ndarray:
     """BinaryViT's eval-mode conv weight (out, in, kh, kw): sign(W) times the
     per-output-channel mean |W|, no centring."""
+    w = w.astype(np.float64)
     return np.sign(w) * np.abs(w).mean(axis=(1, 2, 3), keepdims=True)
 
