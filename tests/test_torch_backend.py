@@ -9,6 +9,7 @@ import torch
 import vitgraph
 from vitgraph.backends import torch_backend
 
+from test_torch_reference import TINY_BINARYVIT
 from torch_helpers import SPECS, small_graph
 
 
@@ -23,7 +24,8 @@ def test_every_op_is_lowered() -> None:
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_state_dict_matches_param_and_buffer_tables(spec) -> None:
     g = small_graph(spec)
-    model = vitgraph.to_torch(g)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation work
+        model = vitgraph.to_torch(g)
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     want = {k: tuple(s) for k, s in (vitgraph.param_table(g) | vitgraph.buffer_table(g)).items()}
     assert got == want
@@ -78,3 +80,36 @@ def test_deepcopy_is_independent() -> None:
         ema.head_dist.bias.add_(1.0)
         assert not torch.allclose(ema(x), model(x))
     assert model.blocks[0].attn is not ema.blocks[0].attn and len(model.blocks) == 12
+
+
+def test_initialisation_follows_the_contract() -> None:
+    """timm-like init: trunc-normal(.02) weights and embeddings, zero biases, unit norms;
+    BinaryViT's RPReLU slope 0.25, alpha 0.005, affine 0.1, zero moves/shifts/branches;
+    LSA temperature hd^-0.5."""
+    torch.manual_seed(0)
+    sd = vitgraph.to_torch(vitgraph.compile(TINY_BINARYVIT % "")).state_dict()
+    sd |= vitgraph.to_torch(vitgraph.compile("specs/sl_vit.vg", image=32, patch=8)).state_dict()
+    for k, v in sd.items():
+        leaf = k.rsplit(".", 1)[-1]
+        if v.dim() >= 2:  # linear/conv weights, position embeddings, cls token: N(0, .02) truncated at 2 std
+            assert v.abs().max() <= 0.04 + 1e-6 and v.std() > 0.01, k
+            if v.numel() >= 1000:
+                assert abs(v.std().item() - 0.0176) < 0.002, k  # std of N(0, .02) cut at +-2 std
+        elif k.endswith("temperature"):
+            assert torch.allclose(v, torch.full_like(v, 16 ** -0.5)), k
+        elif leaf == "weight":  # LayerNorm / BatchNorm
+            assert torch.equal(v, torch.ones_like(v)), k
+        elif leaf == "slope":
+            assert torch.equal(v, torch.full_like(v, 0.25)), k
+        elif leaf == "alpha":
+            assert torch.equal(v, torch.full_like(v, 0.005)), k
+        elif leaf == "scale":
+            want = 0.0 if ".branches." in k else 0.1
+            assert torch.equal(v, torch.full_like(v, want)), k
+        elif leaf in ("bias", "shift", "move", "shift_in", "shift_out", "q_shift", "k_shift", "v_shift",
+                      "running_mean", "num_batches_tracked"):
+            assert not v.any(), k
+        elif leaf == "running_var":
+            assert torch.equal(v, torch.ones_like(v)), k
+        else:
+            raise AssertionError(f"no expectation for {k}")

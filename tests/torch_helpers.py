@@ -5,8 +5,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import vitgraph
 from vitgraph.diagnostics import SpecError
+
+# The test models are small: one intra-op thread avoids OpenMP barrier stalls on a shared
+# CPU (building sl_vit took 6 s with 2 threads under load, 0.1 s with 1).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.vg"))
