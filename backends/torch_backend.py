@@ -298,6 +298,10 @@ def load_weights(module: nn.Module, graph: Graph,
                         + _listing(mismatched, 6),
                         hint="was the checkpoint written for another spec or --set overrides?")
     module.load_state_dict(state, strict=True)
+    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else None
+    if spec and graph.spec and spec.get("hash") not in (None, graph.spec.hash):
+        notes.append(f"the checkpoint was built from {spec.get('name')} (spec hash {spec.get('hash')}), "
+                     f"this model's spec hash is {graph.spec.hash}")
     return notes
 
 

@@ -141,7 +141,9 @@ def test_build_writes_checkpoint_with_spec_and_reloads(tmp_path, capsys) -> None
     # rebuilding at a larger image from this checkpoint resamples the position embedding
     out2 = tmp_path / "vit64.pt"
     assert main(["build", str(spec), "--set", "image=64", "patch=8", "--weights", str(out), "-o", str(out2)]) == 0
-    assert "resampled pos_embed from (1, 17, 192) to (1, 65, 192)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "resampled pos_embed from (1, 17, 192) to (1, 65, 192)" in printed
+    assert f"built from vit_lsa (spec hash {g.spec.hash})" in printed
     reloaded = torch.load(out2, weights_only=True)["model"]
     for k, v in ckpt["model"].items():
         if k != "pos_embed":
