@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted(glob.glob(str(ROOT / "specs" / "*.vg")))
 
 # Tried in order; the first that compiles is used. The pool-branch and reduce specs need
-# grids of 5 and more (binary DeiT-S pool: 32/4 -> 8x8; BinaryViT: 160/4 -> 40, 20, 10, 5).
-CANDIDATES = ({"image": 32, "patch": 16}, {"image": 32, "patch": 8}, {"image": 32, "patch": 4},
-              {"image": 160}, {})
+# grids of 5 and more (binary DeiT-S pool: 80/16 -> 5x5; BinaryViT: 160/4 -> 40, 20, 10, 5).
+CANDIDATES = ({"image": 32, "patch": 16}, {"image": 32, "patch": 8}, {"image": 80, "patch": 16},
+              {"image": 32, "patch": 4}, {"image": 160}, {})
 
 # A small BinaryViT-style pyramid with a binary stem (no spec in specs/ has one):
 # binary patchify, reduce 2, pool branches, binary merge, binary attention without reduce.
