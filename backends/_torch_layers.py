@@ -150,26 +150,26 @@ class BinaryAttention(nn.Module):
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
-        x, b = ins[0], node.binary
+        x, binary = ins[0], node.binary
         d = x.dim
         self.heads, self.head_dim = attention_dims(node, d)
         self.grid = x.grid
         self.r = node.attr("reduce")
         bias = bool(node.attr("qkv_bias"))
-        self.q = BLU(d, d, bias, b)
-        self.k = BLU(d, d, bias, b)
-        self.v = BLU(d, d, bias, b)
+        self.q = BLU(d, d, bias, binary)
+        self.k = BLU(d, d, bias, binary)
+        self.v = BLU(d, d, bias, binary)
         if self.r > 1:
-            self.reduce = BLU(d, d, bias, b)
+            self.reduce = BLU(d, d, bias, binary)
         self.q_shift = nn.Parameter(torch.zeros(d))
         self.k_shift = nn.Parameter(torch.zeros(d))
         self.v_shift = nn.Parameter(torch.zeros(d))
-        self.binary_attention = "attention" in b
+        self.binary_attention = "attention" in binary
         if self.binary_attention:
             self.alpha = nn.Parameter(torch.full((1,), 0.005))
         self.context_norm = TokenBatchNorm(d, eps=1e-5)
         self.context_act = RPReLU(d)
-        self.proj = BLU(d, d, False, b)
+        self.proj = BLU(d, d, False, binary)
 
     def _split(self, t: Tensor) -> Tensor:
         b, n, _ = t.shape
