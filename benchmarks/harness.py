@@ -333,16 +333,7 @@ def dataset_size(name: str, opts: Options) -> int:
     how to get it) when the dataset cannot be found or fetched."""
     from vitgraph.data.datasets import load_dataset
 
-    try:
-        return len(load_dataset(name, opts.data_root, opts.download).train)
-    except UserError as e:
-        if not opts.download or e.hint:
-            raise
-        failed = e  # a failed download says what failed; the offline lookup says where to put the files
-    try:
-        return len(load_dataset(name, opts.data_root, False).train)
-    except UserError as missing:
-        raise UserError(f"{failed.message}; {missing.message}", hint=missing.hint) from None
+    return len(load_dataset(name, opts.data_root, opts.download).train)
 
 
 def execute(p: Planned, everything: list[Planned], store: ResultStore, opts: Options, train_images: int,

@@ -234,5 +234,6 @@ def test_failed_download_still_says_where_the_files_go(tmp_path, monkeypatch):
     opts = H.Options(data_root=str(tmp_path), download=True)
     with pytest.raises(H.UserError) as e:
         H.dataset_size("cifar100", opts)
-    assert e.value.message.startswith("could not download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz")
-    assert f"looked for {tmp_path / 'cifar-100-python'}" in e.value.message and "cifar.html" in e.value.hint
+    assert e.value.message.startswith(f"dataset 'cifar100' not found: looked for {tmp_path / 'cifar-100-python'}")
+    assert "could not download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in e.value.message
+    assert "cifar.html" in e.value.hint
