@@ -3,6 +3,7 @@ binary folding and errors (parity of the values is in test_onnx_parity.py)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -221,3 +222,19 @@ def test_weights_that_do_not_fit_are_user_errors() -> None:
         to_onnx(graph, wrong)
     with pytest.raises(UserError, match="3 class names for a model with 10 classes"):
         to_onnx(graph, class_names=["a", "b", "c"])
+
+
+def test_session_is_configured_for_cpu_inference() -> None:
+    import onnxruntime as ort
+
+    from vitgraph.backends.onnx_backend import physical_cores
+
+    cores = physical_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    session = make_session(to_onnx(small_graph(_spec("vit"))))
+    opts = session.get_session_options()
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (cores, 1)
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert make_session(to_onnx(small_graph(_spec("vit"))), threads=1).get_session_options().intra_op_num_threads == 1

@@ -1,0 +1,21 @@
+"""The CPU benchmark runs end to end at a tiny setting (vit, two calls per system) and
+writes its JSON and markdown."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vitgraph.benchmarks import onnx_cpu
+
+
+def test_benchmark_writes_results_named_by_conditions(tmp_path: Path) -> None:
+    assert onnx_cpu.main(["--specs", "vit", "--batch", "2", "--rounds", "1", "--latency-rounds", "2",
+                          "--threads", "1", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("onnx_cpu_*_1t_b2.json")
+    data = json.loads(path.read_text())
+    env, (result,) = data["environment"], data["results"]
+    assert env["threads"] == 1 and env["cpu"] and env["git_commit"] and env["onnxruntime"]
+    assert result["spec_hash"] and set(result["systems"]) == set(onnx_cpu.SYSTEMS)
+    assert all(d < 1e-4 for d in result["max_relative_diff_vs_torch"].values())
+    assert result["systems"][onnx_cpu.OURS]["batch1_latency_ms"]["n"] == 2
+    assert "## Goals" in path.with_suffix(".md").read_text()
