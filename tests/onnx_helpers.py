@@ -39,6 +39,21 @@ model tiny_binary {
 """
 
 
+# Full-precision forms no spec in specs/ has: a conv stem with LayerNorm, LSA with a qkv
+# bias, heads x head-dim != dim, pool branches and a merging transition in full precision.
+TINY_FP = """
+model tiny_fp {
+    input 3 x 16 x 16
+    norm layer eps 1e-6
+    stem conv 4 -> 16 precision fp
+    pos-embed learned
+    stage 16 depth 1 { lsa heads 2; mlp hidden 32; pool-branches 3x1 1x3; affine-residual }
+    stage 32 depth 1 downsample merge pos-embed { attention heads 2 head-dim 8; mlp hidden 48 }
+    head gap -> 10
+}
+"""
+
+
 def small_graph(path: str) -> Graph:
     """The spec at the first candidate size that compiles, with 10 classes if it has a
     `classes` parameter."""

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import vitgraph
-from onnx_helpers import SPECS, TINY_BINARY, is_binary, relative_error, small_graph, torch_module
+from onnx_helpers import SPECS, TINY_BINARY, TINY_FP, is_binary, relative_error, small_graph, torch_module
 from vitgraph.backends.onnx_backend import make_session, to_onnx
 
 TOLERANCE = 1e-4
@@ -54,6 +54,15 @@ def test_every_spec_matches_torch(path: str) -> None:
         err = relative_error(g, want)
         assert err <= TOLERANCE, f"{graph.name} fused={fused}: relative error {err:.2e}"
         assert (g.argmax(1) == want.argmax(1)).all(), f"{graph.name} fused={fused}: top-1 differs"
+
+
+def test_full_precision_forms_outside_the_zoo_match_torch() -> None:
+    graph = vitgraph.compile(TINY_FP)
+    images = torch.randn(4, *graph.image, generator=torch.Generator().manual_seed(5))
+    want, got = _outputs(graph, torch.float32, (True, False), images)
+    for g in got:
+        assert relative_error(g, want) <= TOLERANCE
+        assert (g.argmax(1) == want.argmax(1)).all()
 
 
 def test_binary_stem_and_exact_zero_inputs() -> None:
