@@ -13,9 +13,11 @@ BinaryViT's binary layers (Le & Li 2023) are folded to +-scale weights and Sign.
     logits = session.run(None, {"input": images})[0]
 
 With `fused=True` (the default for float32), full-precision attention is emitted as
-onnxruntime's com.microsoft.Attention kernel (QKV projection and attention in one node)
-and the MLP's bias + GELU as com.microsoft.BiasGelu; `fused=False` gives standard ONNX
-ops only, for other runtimes and for float64.
+onnxruntime's com.microsoft.Attention kernel (QKV projection and attention in one node;
+MultiHeadAttention where only the class tokens' queries are live) and the MLP's bias +
+GELU as com.microsoft.BiasGelu; `fused=False` gives standard ONNX ops only, for other
+runtimes and for float64. Either way, after the last attention of a cls/distill-head
+model only the tokens the head reads are computed (the logits are unchanged).
 """
 from __future__ import annotations
 
@@ -187,6 +189,7 @@ def run_preprocessing(checkpoint: str) -> dict[str, Any]:
 
 
 def summary(graph: Graph, model: onnx.ModelProto, path: Path) -> str:
+    """What `vitgraph build --backend onnx` prints: the file, ops, input, output, sizes."""
     total = count(graph).total
     fp_bytes, packed = packed_sizes(graph)
     ops = sorted({(n.domain or "ai.onnx") + "." + n.op_type for n in model.graph.node if n.domain})
