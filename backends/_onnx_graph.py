@@ -2,8 +2,9 @@
 
 `OnnxGraph` appends onnx.helper nodes in order, names every node after the IR node being
 lowered (`blocks.0.attn/q/MatMul`), keeps the initializers, and shares small integer
-constants (shapes, axes) by value. `Weights` is the state dict as float64 numpy arrays,
-checked against the graph's parameter and buffer tables (THE CONTRACT, vitgraph/ops.py),
+constants (shapes, axes, masks, pooling matrices) by value. `Weights` is the state dict
+as numpy arrays, checked against the graph's parameter and buffer tables (THE CONTRACT,
+vitgraph/ops.py),
 with the contract's initialisation when no state dict is given; it records which keys
 the lowering read, so a forgotten parameter is a bug caught at export.
 """
@@ -59,7 +60,8 @@ class OnnxGraph:
         return name
 
     def const(self, values: Any, dtype: Any = np.int64) -> str:
-        """A small constant (a shape, axes, a scalar), shared by value."""
+        """A constant that is no parameter (a shape, axes, a scalar, a mask, a pooling
+        matrix), shared by value; large ones are named by a hash of their exact values."""
         arr = np.asarray(values, dtype)
         tag = "f" if arr.dtype.kind == "f" else "i"  # named by value, the same in float32 and float64 models
         if arr.size <= 16:
@@ -185,7 +187,7 @@ def initial_state(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 class Weights:
-    """The state dict as float64 arrays, checked against the contract's tables."""
+    """The state dict as numpy arrays, checked against the contract's tables."""
 
     def __init__(self, graph: Graph, state_dict: Mapping[str, Any] | None, seed: int = 0) -> None:
         expected = param_table(graph) | buffer_table(graph)
