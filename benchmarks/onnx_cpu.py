@@ -45,14 +45,21 @@ OURS = "vitgraph onnx"
 
 
 # -- the machine and the code -----------------------------------------------------------
-def cpu_model() -> str:
+def cpu_info() -> dict[str, str]:
+    """Model name, family/model/stepping and the vector extensions that matter to GEMMs,
+    from /proc/cpuinfo (a VM may name its CPU only by brand)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {"cpu": platform.processor() or platform.machine()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name", platform.machine()),
+            "cpu_family_model_stepping": "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping")),
+            "cpu_vector_flags": " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+                                         if f in flags)}
 
 
 def git_commit() -> str:
@@ -72,7 +79,7 @@ def environment(threads: int) -> dict[str, Any]:
 
     from vitgraph.backends.onnx_backend import physical_cores
 
-    return {"cpu": cpu_model(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
+    return {**cpu_info(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
             "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
             "vitgraph": vitgraph.__version__, "git_commit": git_commit(),
@@ -217,6 +224,9 @@ def table(r: dict[str, Any]) -> list[str]:
 def markdown(env: dict[str, Any], results: list[dict[str, Any]]) -> str:
     batch = results[0]["batch"]
     lines = [f"# ONNX CPU inference: {env['cpu']}, {env['threads']} threads, batch 1 and {batch}", "",
+             f"CPU {env['cpu']} (family/model/stepping {env.get('cpu_family_model_stepping', '?')}; "
+             f"{env.get('cpu_vector_flags', '')}), {env['physical_cores']} physical cores, shared with other "
+             "processes (see the load averages).",
              f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, python "
              f"{env['python']}; vitgraph commit {env['git_commit']}; {env['date']}.",
              "Interleaved rounds (one call per system, rotated order) after warm-up; latency percentiles over "
