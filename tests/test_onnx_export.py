@@ -153,7 +153,8 @@ def test_binary_initialisation_and_folding() -> None:
     assert (state[f"{attn}.q.norm.running_var"] == 1).all() and (state[f"{attn}.q.move"] == 0).all()
     module = torch_module(graph)  # randomised: BN statistics, shifts and scales off their init
     sd = {k: v.double().numpy() for k, v in module.state_dict().items()}
-    inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in to_onnx(graph, module.state_dict()).graph.initializer}
+    model = to_onnx(graph, module.state_dict())
+    inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
     for prefix in (f"{attn}.q", f"{attn}.reduce", f"{attn}.proj", "stages.0.blocks.0.mlp.fc1"):
         folded = inits[f"{prefix}.weight{FOLDED}"]                                 # (out, in)
         w = sd[f"{prefix}.weight"]

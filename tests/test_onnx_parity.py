@@ -8,12 +8,13 @@ fused com.microsoft kernels) and as standard ONNX ops only.
 Binary specs are compared in float64 (torch module .double(), ONNX exported with
 dtype="float64"). In float32 the two runtimes round differently by ~1e-7, and sign()
 turns any pre-activation within that distance of zero into a flipped +-1, which the
-next binary layer amplifies: with thousands of sign() per image such flips are not rare
-(a float32 comparison of binaryvit at 160 px differed by 2e-2). In float64 the rounding
-differences shrink to ~1e-16, so a flip, or a round(p / alpha) tie decided differently,
-would need a value within ~1e-16 of the threshold: negligible for the ~1e6 evaluations
-here. The float32 export of a binary spec is the same graph with float32 initializers,
-which test_binary_float32_is_the_verified_graph checks node by node.
+next binary layer amplifies: with thousands of sign() per image such flips are not
+rare (float32 comparisons of binaryvit and binaryvit_star at 160 px differed by 5e-3
+and 3e-2). In float64 the rounding differences shrink to ~1e-16, so a flip, or a
+round(p / alpha) tie decided differently, would need a value within ~1e-16 of the
+threshold: negligible for the ~1e6 evaluations here, and the outputs agree to ~1e-15
+(asserted: 1e-9). The float32 export of a binary spec is the same graph with float32
+initializers, which test_binary_float32_is_the_verified_graph checks node by node.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from onnx_helpers import SPECS, TINY_BINARY, TINY_FP, is_binary, relative_error,
 from vitgraph.backends.onnx_backend import make_session, to_onnx
 
 TOLERANCE = 1e-4
+TOLERANCE_FLOAT64 = 1e-9
 
 
 def _outputs(graph: vitgraph.Graph, dtype: torch.dtype, fused: tuple[bool, ...], images: torch.Tensor,
@@ -37,8 +39,8 @@ def _outputs(graph: vitgraph.Graph, dtype: torch.dtype, fused: tuple[bool, ...],
     with torch.no_grad():
         want = module(images).numpy()
     name = str(dtype).removeprefix("torch.")
-    got = [make_session(to_onnx(graph, module.state_dict(), fused=f, dtype=name)).run(None, {"input": images.numpy()})[0]
-           for f in fused]
+    models = [to_onnx(graph, module.state_dict(), fused=f, dtype=name) for f in fused]
+    got = [make_session(m).run(None, {"input": images.numpy()})[0] for m in models]
     return want, got
 
 
@@ -48,11 +50,12 @@ def test_every_spec_matches_torch(path: str) -> None:
     binary = is_binary(graph)
     batch = 2 if binary else 4  # float64 binary models are slow in torch on the CPU
     images = torch.randn(batch, *graph.image, generator=torch.Generator().manual_seed(1))
-    want, got = _outputs(graph, torch.float64 if binary else torch.float32, (False,) if binary else (True, False),
-                         images)
-    for g, fused in zip(got, (False,) if binary else (True, False)):
+    variants = (False,) if binary else (True, False)
+    want, got = _outputs(graph, torch.float64 if binary else torch.float32, variants, images)
+    for g, fused in zip(got, variants):
         err = relative_error(g, want)
-        assert err <= TOLERANCE, f"{graph.name} fused={fused}: relative error {err:.2e}"
+        limit = TOLERANCE_FLOAT64 if binary else TOLERANCE
+        assert err <= limit, f"{graph.name} fused={fused}: relative error {err:.2e}"
         assert (g.argmax(1) == want.argmax(1)).all(), f"{graph.name} fused={fused}: top-1 differs"
 
 
@@ -73,7 +76,7 @@ def test_binary_stem_and_exact_zero_inputs() -> None:
     images = torch.randn(4, *graph.image, generator=torch.Generator().manual_seed(3))
     images[torch.rand(images.shape, generator=torch.Generator().manual_seed(4)) < 0.25] = 0.0
     want, (got,) = _outputs(graph, torch.float64, (False,), images)
-    assert relative_error(got, want) <= 1e-10
+    assert relative_error(got, want) <= TOLERANCE_FLOAT64
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
