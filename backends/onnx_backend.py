@@ -210,7 +210,7 @@ def build_command(graph: Graph, args: argparse.Namespace) -> int:
     """`vitgraph build SPEC --backend onnx [-o OUT] [--weights CKPT]`: export, check, summarise."""
     state, notes = load_state_dict(args.weights, graph) if args.weights else (None, [])
     prep = run_preprocessing(args.weights) if args.weights else {}
-    model = to_onnx(graph, state, **prep)
+    model = to_onnx(graph, state, fused=False if getattr(args, "standard_ops", False) else None, **prep)
     onnx.checker.check_model(model, full_check=True)
     out = Path(args.output or f"{graph.name}.onnx")
     try:

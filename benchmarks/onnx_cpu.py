@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import warnings
@@ -37,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 import vitgraph
+from vitgraph.benchmarks.results import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPECS = ("vit", "deit_tiny", "deit_small")
@@ -62,16 +62,6 @@ def cpu_info() -> dict[str, str]:
                                          if f in flags)}
 
 
-def git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def environment(threads: int) -> dict[str, Any]:
     import onnx
     import onnxruntime
@@ -82,7 +72,7 @@ def environment(threads: int) -> dict[str, Any]:
     return {**cpu_info(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
             "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
-            "vitgraph": vitgraph.__version__, "git_commit": git_commit(),
+            "vitgraph": vitgraph.__version__, "git_commit": git_commit() or "unknown",
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "platform": platform.platform()}
 
 

@@ -86,3 +86,14 @@ def test_missing_dataset_offline_says_where_and_how(tmp_path: Path, monkeypatch:
     err = capsys.readouterr().err
     assert status == 1 and "Traceback" not in err
     assert f"looked for {tmp_path}/cifar-10-batches-py" in err and "hint: download cifar-10-python.tar.gz" in err
+
+
+@pytest.mark.parametrize("flags,domains", [([], {"", "com.microsoft"}), (["--standard-ops"], {""})])
+def test_build_onnx_fused_or_standard_ops(flags: list[str], domains: set[str], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    out = tmp_path / "m.onnx"
+    assert main(["build", "specs/vit.vg", "--backend", "onnx", "-o", str(out), "--set", "patch=8", *flags]) == 0
+    assert {n.domain for n in onnx.load(out).graph.node} == domains
+    assert "wrote" in capsys.readouterr().out

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="CKPT", help="a vitgraph or DeiT/timm-style checkpoint to load")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
     p.add_argument("--model", help="which model of the file (default: the file's own)")
+    p.add_argument("--standard-ops", action="store_true",
+                   help="onnx: only standard ONNX ops (default: onnxruntime's fused Attention/BiasGelu kernels)")
 
 
 def run(args: argparse.Namespace) -> int:
