@@ -54,6 +54,7 @@ def test_loss_decreases_and_run_folder(specs, tmp_path):
     assert config["recipe"]["name"] == "digits" and config["recipe"]["lr"] == 3e-3
     assert config["spec"]["params"]["image"] == 16 and config["spec"]["params"]["classes"] == 10
     assert config["dataset"]["train"] == 1437 and config["steps_per_epoch"] == 1437 // 128
+    assert config["dataset"]["class_names"] == [str(d) for d in range(10)]  # what `vitgraph predict` prints
     ck = read_checkpoint(tmp_path / "run" / "last.pt")
     assert ck["epoch"] == 3 and set(ck) >= {"model", "optimizer", "scheduler", "ema", "spec", "recipe", "history"}
     assert ck["spec"]["hash"] == config["spec"]["hash"] and "tiny" in ck["spec"]["sources"][ck["spec"]["path"]]
