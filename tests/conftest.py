@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SPECS = sorted((ROOT / "specs").glob("*.vg"))
+from spec_helpers import ROOT, SPECS  # noqa: F401 - re-exported for the test modules
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -4,24 +4,17 @@ exercise every parameter (the contract's init leaves BatchNorm statistics, shift
 pool-branch scales at values that would hide a wrongly folded or skipped term)."""
 from __future__ import annotations
 
-import glob
 import math
-from pathlib import Path
 from unittest import mock
 
 import torch
 
 import vitgraph
-from vitgraph import SpecError
+from spec_helpers import ROOT, small_graph  # noqa: F401 - the ONNX tests import them from here
+from spec_helpers import SPECS as ALL_SPECS
 from vitgraph.ir import Graph
 
-ROOT = Path(__file__).resolve().parents[1]
-SPECS = sorted(glob.glob(str(ROOT / "specs" / "*.vg")))
-
-# Tried in order; the first that compiles is used. The pool-branch and reduce specs need
-# grids of 5 and more (binary DeiT-S pool: 80/16 -> 5x5; BinaryViT: 160/4 -> 40, 20, 10, 5).
-CANDIDATES = ({"image": 32, "patch": 16}, {"image": 32, "patch": 8}, {"image": 80, "patch": 16},
-              {"image": 32, "patch": 4}, {"image": 160}, {})
+SPECS = [str(p) for p in ALL_SPECS]
 
 # A small BinaryViT-style pyramid with a binary stem (no spec in specs/ has one):
 # binary patchify, reduce 2, pool branches, binary merge, binary attention without reduce.
@@ -52,21 +45,6 @@ model tiny_fp {
     head gap -> 10
 }
 """
-
-
-def small_graph(path: str) -> Graph:
-    """The spec at the first candidate size that compiles, with 10 classes if it has a
-    `classes` parameter."""
-    declared = vitgraph.compile(path).spec.params
-    for candidate in CANDIDATES:
-        overrides = {k: v for k, v in candidate.items() if k in declared}
-        if "classes" in declared:
-            overrides["classes"] = 10
-        try:
-            return vitgraph.compile(path, **overrides)
-        except SpecError:
-            continue
-    raise AssertionError(f"no small size compiles {path}")
 
 
 def is_binary(graph: Graph) -> bool:

@@ -10,7 +10,8 @@ import vitgraph
 from vitgraph.benchmarks import suite as S
 from vitgraph.diagnostics import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+from spec_helpers import ROOT
+
 SPECS = ROOT / "specs"
 SUITES = S.available_suites()
 

@@ -14,10 +14,11 @@ from PIL import Image
 
 import vitgraph
 from onnx_helpers import ROOT, small_graph, torch_module
+from spec_helpers import CIFAR10
 from vitgraph.backends.onnx_backend import to_onnx
 from vitgraph.cli import main
 
-CIFAR = Path("/work/shared/data/cifar10/test")
+CIFAR = CIFAR10 / "test"
 CLASSES = sorted(p.name for p in CIFAR.iterdir()) if CIFAR.is_dir() else []
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 needs_cifar = pytest.mark.skipif(len(CLASSES) != 10, reason="CIFAR-10 image folders not found")

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spec_helpers import CIFAR10 as CIFAR10_FOLDERS  # noqa: F401 - the data tests import it from here
+from spec_helpers import ROOT  # noqa: F401 - the training tests import it from here
+
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parent.parent
-CIFAR10_FOLDERS = Path("/work/shared/data/cifar10")
 
 TINY_SPEC = """\
 # A tiny ViT for fast training tests: 16x16 input, 4x4 patches, dim 32, 2 blocks.
