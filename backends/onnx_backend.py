@@ -34,6 +34,7 @@ from onnx import helper
 
 from vitgraph.counting import count, weight_bytes
 from vitgraph.diagnostics import UserError
+from vitgraph.fileio import write_atomic
 from vitgraph.ir import Graph
 
 from ._onnx_graph import OPSET, OnnxGraph, Weights
@@ -214,7 +215,7 @@ def build_command(graph: Graph, args: argparse.Namespace) -> int:
     onnx.checker.check_model(model, full_check=True)
     out = Path(args.output or f"{graph.name}.onnx")
     try:
-        onnx.save(model, out)
+        write_atomic(out, lambda tmp: onnx.save(model, str(tmp)))
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror}") from None
     print(summary(graph, model, out))

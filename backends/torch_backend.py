@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 import vitgraph
 from vitgraph.diagnostics import UserError
+from vitgraph.fileio import write_atomic
 from vitgraph.ir import Graph, Node, Op, TensorType
 from vitgraph.ops import input_types
 
@@ -316,15 +317,7 @@ def checkpoint_dict(module: nn.Module, graph: Graph) -> dict[str, Any]:
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """torch.save to a temporary file beside `path`, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _si(x: float) -> str:

@@ -23,7 +23,6 @@ A folder of files is decoded once into a uint8 array cached under VITGRAPH_CACHE
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from ..diagnostics import UserError, suggestion
+from ..fileio import write_atomic
 from .formats import (Arrays, Files, decode, decode_all, read_cifar, read_digits, read_svhn,
                       read_tiny_imagenet, scan_folder, stratified_split)
 from .sources import Remote, cache_dir, data_root, extract, fetch
@@ -261,8 +261,9 @@ def cached_decode(files: Files, name: str, split: str) -> Arrays:
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged cache is rebuilt
     arrays = decode_all(files)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=arrays.images, labels=arrays.labels)
-    os.replace(tmp, path)
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, images=arrays.images, labels=arrays.labels)
+
+    write_atomic(path, save)
     return arrays

@@ -52,6 +52,7 @@ from ..data.datasets import Dataset, load_dataset
 from ..data.formats import Arrays
 from ..data.pipeline import Augmenter, MemoryLoader, StreamLoader
 from ..diagnostics import UserError
+from ..fileio import write_atomic
 from ..ir import Graph
 from .distributed import Context, setup
 from .finetune import load_pretrained
@@ -294,9 +295,7 @@ def _run_dir(out: str | os.PathLike[str] | None, graph: Graph, dataset: str, rec
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
