@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 import vitgraph
-from vitgraph.benchmarks.results import git_commit
+from vitgraph.benchmarks.results import cpu_info, git_commit, library_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPECS = ("vit", "deit_tiny", "deit_small")
@@ -45,34 +45,11 @@ OURS = "vitgraph onnx"
 
 
 # -- the machine and the code -----------------------------------------------------------
-def cpu_info() -> dict[str, str]:
-    """Model name, family/model/stepping and the vector extensions that matter to GEMMs,
-    from /proc/cpuinfo (a VM may name its CPU only by brand)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return {"cpu": platform.processor() or platform.machine()}
-    flags = set(fields.get("flags", "").split())
-    return {"cpu": fields.get("model name", platform.machine()),
-            "cpu_family_model_stepping": "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping")),
-            "cpu_vector_flags": " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
-                                         if f in flags)}
-
-
 def environment(threads: int) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-    import torch
-
     from vitgraph.backends.onnx_backend import physical_cores
 
     return {**cpu_info(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
-            "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
-            "vitgraph": vitgraph.__version__, "git_commit": git_commit() or "unknown",
+            "threads": threads, **library_versions(), "git_commit": git_commit() or "unknown",
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "platform": platform.platform()}
 
 

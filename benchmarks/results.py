@@ -22,14 +22,25 @@ RUNS_FILE = "runs.jsonl"
 _LIBRARIES = ("vitgraph", "torch", "onnx", "onnxruntime", "numpy")
 
 
-def cpu_model() -> str:
+def cpu_info() -> dict[str, str]:
+    """Model name, family/model/stepping and the vector extensions that matter to GEMMs,
+    from /proc/cpuinfo (a VM may name its CPU only by brand)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {"cpu": platform.processor() or platform.machine()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name", platform.machine()),
+            "cpu_family_model_stepping": "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping")),
+            "cpu_vector_flags": " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+                                         if f in flags)}
+
+
+def cpu_model() -> str:
+    return cpu_info()["cpu"]
 
 
 def gpu_model() -> str | None:
