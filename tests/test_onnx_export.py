@@ -240,3 +240,9 @@ def test_session_is_configured_for_cpu_inference() -> None:
     assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert make_session(to_onnx(small_graph(_spec("vit"))), threads=1).get_session_options().intra_op_num_threads == 1
+
+
+def test_every_op_has_an_onnx_lowering():
+    from vitgraph.backends import _onnx_lower
+
+    assert set(_onnx_lower.LOWER) == set(vitgraph.Op)

@@ -487,9 +487,9 @@ class Builder:
         spans: dict[str, Span] = {}
         for b in s.body or ():
             if b.word not in BLOCK_WORDS:
-                hint = (f"'{b.word}' belongs at the model level" if b.word in MODEL_WORDS
-                        else f"unknown word '{b.word}'" + suggestion(b.word, BLOCK_WORDS))
-                raise SpecError(hint if b.word in MODEL_WORDS else hint, b.word_span,
+                message = (f"'{b.word}' belongs at the model level" if b.word in MODEL_WORDS
+                           else f"unknown word '{b.word}'" + suggestion(b.word, BLOCK_WORDS))
+                raise SpecError(message, b.word_span,
                                 [f"words of a block: {', '.join(BLOCK_WORDS)}"])
             key = "attention" if b.word in ("attention", "lsa") else b.word
             if key in found:
