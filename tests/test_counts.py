@@ -49,8 +49,15 @@ def test_sl_pit_at_64px() -> None:
     assert near(t.macs, 322.9e6), t.macs
 
 
+def published(value: float, digits: int = 2) -> float:
+    """A count in millions, rounded as the papers print it."""
+    return round(value / 1e6, digits)
+
+
 def test_binaryvit() -> None:
     t = vitgraph.count(vitgraph.compile("specs/binaryvit.vg")).total
+    # exactly the published 22.49M (1.29M FP + 21.20M binary): no biases on binary q/k/v or the K/V reduction
+    assert (published(t.params), published(t.fp_params), published(t.binary_params)) == (22.49, 1.29, 21.20)
     assert near(t.params, 22.49e6) and near(t.binary_params, 21.20e6) and near(t.fp_params, 1.29e6, 0.02)
     assert near(t.bops, 3.82e9)
     assert near(t.ops, 0.70e8)
@@ -58,6 +65,7 @@ def test_binaryvit() -> None:
 
 def test_binary_deit_small() -> None:
     t = vitgraph.count(vitgraph.compile("specs/binary_deit_small.vg")).total
+    assert published(t.params) == 22.29  # exactly the published figure: no biases on binary q/k/v
     assert near(t.params, 22.29e6)
     assert near(t.bops, 4.54e9)
     assert near(t.ops, 1.29e8)

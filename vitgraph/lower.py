@@ -516,7 +516,9 @@ class Builder:
         norm = {"kind": self.norm_kind, "eps": self.eps}
         h = g.add(Op.NORM, f"{p}.norm1", (x,), norm, p, ast.span)
         attn = g.add(Op.ATTENTION, f"{p}.attn", (h,), {
-            "heads": at["heads"], "head_dim": at.get("head-dim"), "qkv_bias": at.get("qkv-bias", True),
+            "heads": at["heads"], "head_dim": at.get("head-dim"),
+            # BinaryViT's q, k, v (and K/V reduction) have no bias (official QuantizeLinear, bias=False)
+            "qkv_bias": at.get("qkv-bias", not self.block_binary),
             "lsa": word == "lsa", "reduce": at.get("reduce", 1), "binary": self.block_binary}, p, ast.span)
         affine = body.get("affine-residual")
         if affine:

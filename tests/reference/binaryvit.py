@@ -120,9 +120,9 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.hd, self.r = heads, dim // heads, reduce
         self.binary_attention = binary_attention
-        self.q, self.k, self.v = BLU(dim, dim, True), BLU(dim, dim, True), BLU(dim, dim, True)
+        self.q, self.k, self.v = BLU(dim, dim, False), BLU(dim, dim, False), BLU(dim, dim, False)
         if reduce > 1:
-            self.reduce = BLU(dim, dim, True)
+            self.reduce = BLU(dim, dim, False)
         self.q_shift = nn.Parameter(torch.zeros(dim))
         self.k_shift = nn.Parameter(torch.zeros(dim))
         self.v_shift = nn.Parameter(torch.zeros(dim))
