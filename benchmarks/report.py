@@ -7,12 +7,17 @@ per dataset, then the model's size, operations and speed.
 
 Size, operations and speed depend on the input size and the classes, so they are taken
 from one run of each spec, the first dataset of the suite it ran on, and the table says
-which (the `measured on` column).
+which (the `measured on` column). A run repeated over seeds (`vitgraph bench --seeds K`)
+shows its top-1 as mean +- sample standard deviation over the seeds.
+
+In the terminal the same tables print with aligned columns (text_table); the files hold
+markdown (markdown_table).
 """
 from __future__ import annotations
 
 import csv
 import io
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -79,17 +84,39 @@ def in_order(records: Iterable[Mapping[str, Any]], key: str) -> list[str]:
     return list(dict.fromkeys(r[key] for r in records))
 
 
+def by_seeds(runs: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    """The records of each (spec, dataset), one per seed, in the order they came."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["spec"], r["dataset"]), []).append(r)
+    return groups
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def top1_text(group: list[Mapping[str, Any]] | None) -> str:
+    """One run's top-1, or mean +- std over the seeds of a repeated run."""
+    values = [v for v in (figure(r, TOP1) for r in group or ()) if v is not None]
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f} ({len(values)} seeds)"
+
+
 def paper_table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the papers' table from the latest successful record of each run."""
     runs = latest_ok(records)
     specs, datasets = in_order(runs, "spec"), in_order(runs, "dataset")
-    by = {(r["spec"], r["dataset"]): r for r in runs}
+    groups = by_seeds(runs)
     figures = [c for c in FIGURES if any(c.value(r) for r in runs)]  # e.g. no BOPs column without binary
     header = ["spec", *[f"{d} top-1" for d in datasets], *[c.header for c in figures], "measured on"]
     rows = []
     for spec in specs:
-        ref = next(by[(spec, d)] for d in datasets if (spec, d) in by)
-        top1 = [Column("", TOP1).text(by.get((spec, d))) for d in datasets]
+        ref = next(groups[(spec, d)][0] for d in datasets if (spec, d) in groups)
+        top1 = [top1_text(groups.get((spec, d))) for d in datasets]
         rows.append([spec, *top1, *[c.text(ref) for c in figures], _measured_on(ref)])
     return header, rows
 
@@ -131,7 +158,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _numeric(text: str) -> bool:
-    return text == "–" or text.replace(",", "").replace(".", "", 1).isdigit()
+    first = text.split(" ± ")[0]
+    return first == "–" or first.replace(",", "").replace(".", "", 1).isdigit()
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """The table for a terminal: columns padded to their widest cell, numbers right-aligned,
+    a rule under the header."""
+    right = [i > 0 and bool(rows) and all(_numeric(row[i]) for row in rows) for i in range(len(header))]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows)])
 
 
 def _csv(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
@@ -164,10 +204,12 @@ def render_markdown(records: list[dict[str, Any]], title: str, plots: list[Path]
     settings = [(r["spec"], r["dataset"], r.get("recipe"), figure(r, "metrics.epochs"), r.get("seed"),
                  " ".join(f"{k}={v}" for k, v in sorted((r.get("overrides") or {}).items())), r.get("spec_hash"),
                  _seconds(figure(r, "metrics.train_seconds")), _seconds(r.get("seconds"))) for r in runs]
+    seeds = " Runs repeated over seeds show mean ± sample standard deviation." \
+        if any(len(g) > 1 for g in by_seeds(runs).values()) else ""
     parts = [f"# {title}", "",
              "Top-1 accuracy (%) on each dataset's test split; params, operations (OPs = MACs + BOPs/64) and "
              "speed of the run named in `measured on` (torch img/s on the training device, ONNX Runtime "
-             "batch-1 latency and batch throughput on CPU; medians).", "",
+             f"batch-1 latency and batch throughput on CPU; medians).{seeds}", "",
              markdown_table(header, rows), "", "## Runs", "",
              markdown_table(["spec", "dataset", "recipe", "epochs", "seed", "overrides", "spec hash", "training",
                              "whole run"], [[str(x if x is not None else "–") for x in s] for s in settings]),

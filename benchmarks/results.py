@@ -128,9 +128,9 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def latest_ok(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last successful record of each (spec, dataset): what a report shows."""
-    last: dict[str, dict[str, Any]] = {}
+    """The last successful record of each (spec, dataset, seed): what a report shows."""
+    last: dict[tuple[str, Any], dict[str, Any]] = {}
     for r in records:
         if r.get("status") == "ok":
-            last[r["run"]] = r
+            last[(r["run"], r.get("seed"))] = r
     return list(last.values())

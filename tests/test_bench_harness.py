@@ -178,18 +178,27 @@ def test_minutes_budget_end_to_end(tmp_path):
     store = ResultStore(tmp_path / "res")
     record = H.run_suite(suite, store, _opts(tmp_path), lambda _: None).done[0]
     kept = json.loads((store.folder / record["metrics"]["run_dir"] / "budget.json").read_text())
-    assert 1 <= record["metrics"]["epochs"] == kept["epochs"] <= 3 and record["minutes"] == 0.02
+    assert 1 <= kept["epochs"] <= 3 and record["minutes"] == 0.02
+    assert 1 <= record["metrics"]["steps"] <= kept["max_steps"] and record["metrics"]["epochs"] <= kept["epochs"]
     assert kept["train_img_s"] == record["torch"]["train_img_s"]["median"]
 
 
-def test_minutes_budget_becomes_whole_epochs_kept_for_resume(tmp_path):
+def test_minutes_budget_becomes_steps_kept_for_resume(tmp_path):
     suite = narrow(load_suite(str(_suite_file(tmp_path))), specs=["tiny"], minutes=0.5)
     p = H.plan(suite.runs)[0]
     folder = tmp_path / "run"
-    # the digits recipe passes once over its 1437 images per epoch: 30 s x 100 img/s / 1437 -> 2 epochs
-    assert H.budget_epochs(p, folder, 100.0, 1437) == 2
-    assert H.budget_epochs(p, folder, 1e6, 1437) == 2  # the first choice is kept
-    assert H.budget_epochs(p, tmp_path / "other", 1.0, 1437) == 1  # at least one epoch
+    # batch 128, 1437 images: 11 steps per epoch; 30 s x 100 img/s = 3000 images -> 23 steps in 3 epochs
+    assert H.budget(p, folder, 100.0, 1437) == H.Budget(3, 23)
+    assert H.budget(p, folder, 1e6, 1437) == H.Budget(3, 23)  # the first choice is kept
+    assert H.budget(p, tmp_path / "other", 1.0, 1437) == H.Budget(1, 1)  # at least one step
+
+
+def test_step_budget_and_subset_set_the_epochs(tmp_path):
+    suite = narrow(load_suite(str(_suite_file(tmp_path))), specs=["tiny"], max_steps=25, subset=640)
+    p = H.plan(suite.runs)[0]
+    assert (p.run.epochs, p.run.max_steps, p.run.subset) == (None, 25, 640)
+    # 640 images at batch 128: 5 steps per epoch, so 25 steps are 5 epochs of the recipe's 30
+    assert H.budget(p, tmp_path / "run", None, 1437) == H.Budget(5, 25)
 
 
 @pytest.mark.slow

@@ -14,14 +14,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmarks.report import load_records, markdown_table, paper_table, write_report
+    from ..benchmarks.report import load_records, paper_table, text_table, write_report
 
     results = Path(args.results)
     records = load_records(results)
     folder = Path(args.output) if args.output else (results if results.is_dir() else results.parent)
     suites = ", ".join(dict.fromkeys(str(r.get("suite")) for r in records))
     written = write_report(records, folder, args.title or f"Benchmark results: {suites}", plots=not args.no_plots)
-    print(markdown_table(*paper_table(records)))
+    print(text_table(*paper_table(records)))
     print()
     for path in written.values():
         print(f"wrote {path}")
