@@ -81,8 +81,9 @@ def test_missing_dataset_offline_says_where_and_how(tmp_path: Path, monkeypatch:
         raise OSError("network unreachable")
 
     monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
-    status = main(["eval", "specs/vit.vg", "--weights", "none.pt", "--dataset", "cifar10",
-                   "--data-root", str(tmp_path)])
+    assert main(["build", "specs/vit.vg", "-o", str(tmp_path / "vit.pt")]) == 0
+    capsys.readouterr()
+    status = main(["eval", "--weights", str(tmp_path / "vit.pt"), "--dataset", "cifar10", "--data-root", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 1 and "Traceback" not in err
     assert f"looked for {tmp_path}/cifar-10-batches-py" in err and "hint: download cifar-10-python.tar.gz" in err

@@ -51,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                            "class and seeded (the test split stays whole)")
     p.add_argument("--seeds", type=int, metavar="K", help="repeat every run with K seeds (seed, seed+1, ...); "
                                                           "the table shows mean +- std")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override spec parameters of every run")
-    p.add_argument("--recipe-set", nargs="+", metavar="KEY=VALUE", help="override recipe keys of every run")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override spec parameters of every run")
+    p.add_argument("--recipe-set", action="extend", nargs="+", metavar="KEY=VALUE", help="override recipe keys of every run")
     p.add_argument("--results", metavar="DIR", help="results folder (default: results/<suite>)")
     p.add_argument("--data-root", metavar="DIR", help="where datasets are (default: $VITGRAPH_DATA)")
     p.add_argument("--no-download", action="store_true", help="never download a missing dataset")

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["text", "dot", "svg", "png"], default="text")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write (default: stdout for text/dot, "
                                                           "<model>.<format> for images)")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
     p.add_argument("--model", help="which model of the file (default: the file's own)")
 
 

@@ -54,6 +54,7 @@ from torch import nn
 import vitgraph
 
 from ..backends.torch_backend import checkpoint_dict, load_weights, read_checkpoint, save_atomic
+from ..checkpoints import checkpoint_graph, spec_info
 from ..data.datasets import Dataset, load_dataset, load_subset
 from ..data.formats import Arrays
 from ..data.pipeline import Augmenter, MemoryLoader, StreamLoader
@@ -96,13 +97,15 @@ class Limits:
 # --- building the pieces -----------------------------------------------------------------------
 
 def compile_for(spec: str, classes: int, recipe: Recipe | None,
-                spec_overrides: Mapping[str, Any] | None) -> tuple[Graph, list[str]]:
+                spec_overrides: Mapping[str, Any] | None,
+                defaults: Mapping[str, Any] | None = None) -> tuple[Graph, list[str]]:
     """Compile `spec` for a dataset with `classes` classes: `classes` (when the spec declares it
-    and the user did not set it), then the recipe's [spec] values the spec declares, then the
+    and the user did not set it), the `defaults` the spec declares (the parameters a starting
+    checkpoint was trained with), then the recipe's [spec] values the spec declares, then the
     user's overrides. Returns the graph and notes on recipe values the spec does not declare."""
     declared = vitgraph.compile(spec).spec.params
     user = dict(spec_overrides or {})
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if k in declared and k != "classes"}
     notes: list[str] = []
     if "classes" in declared:
         params["classes"] = classes
@@ -386,8 +389,8 @@ def _checkpoint(s: "Session", epoch: int, best: dict[str, float], history: list[
     ck.update(optimizer=st.optimizer.state_dict(), scheduler=st.scheduler.state_dict(),
               ema=st.ema.state_dict() if st.ema is not None else None, epoch=epoch, steps=s.steps,
               best=dict(best), history=history, recipe=s.recipe.to_dict(), seed=s.seed,
-              limits=s.limits.as_dict(), overrides=dict(s.spec_overrides), dataset=_dataset_info(s.ds),
-              summary=_summary(s, history, best))
+              limits=s.limits.as_dict(), overrides=dict(s.spec_overrides),
+              dataset={**_dataset_info(s.ds), "argument": s.dataset_arg}, summary=_summary(s, history, best))
     return ck
 
 
@@ -483,6 +486,7 @@ class Session:
     progress: bool
     limits: Limits
     spec_overrides: Mapping[str, Any]
+    dataset_arg: str  # the dataset as named to run(): a name, or a folder's path
     steps: int = 0  # optimiser steps done so far, resumed ones included
     stopped_by: str | None = None  # "max_steps" or "minutes" when a limit ended the run inside an epoch
 
@@ -504,12 +508,14 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
                         hint="continue it with --resume, or choose another folder with --out")
     if ctx.main:
         print(f"run folder: {run_dir}", flush=True)
+    start_from = read_checkpoint(weights) if weights else None  # read (and checked) before the data loads
+    stored = (spec_info(start_from) or {}).get("params")
     ds = _load_data(dataset, data_root, download, data_mode, ctx, limits.subset, seed)
-    graph, notes = compile_for(spec, ds.num_classes, recipe, spec_overrides)
+    graph, notes = compile_for(spec, ds.num_classes, recipe, spec_overrides, stored)
     torch.manual_seed(seed)  # the same initial weights on every rank
     model = vitgraph.to_torch(graph).to(ctx.device)
-    if weights:
-        notes += load_pretrained(model, graph, weights)
+    if start_from is not None:
+        notes += load_pretrained(model, graph, start_from, str(weights))
     teacher, teacher_size = None, None
     if recipe.distill != "none":
         teacher, tgraph = build_teacher(teacher_spec, teacher_weights, ds.num_classes, graph.image,
@@ -532,7 +538,7 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
     step = Step(_wrap(model, ctx, compile_model), model, optimizer, scheduler, recipe, aug, ema, teacher,
                 teacher_size, autocast)
     session = Session(ctx, recipe, graph, ds, model, step, train_loader, test_loader, run_dir, seed, progress,
-                      limits, dict(spec_overrides or {}), steps)
+                      limits, dict(spec_overrides or {}), dataset, steps)
     if ctx.main:
         extra = {"params": sum(p.numel() for p in model.parameters()), "weights": weights, "bf16": bf16,
                  "compile": compile_model, "limits": limits.as_dict(),
@@ -623,30 +629,48 @@ def _results(s: Session, history: list[dict[str, float]], best: dict[str, float]
     return result
 
 
-def evaluate(spec: str, weights: str, dataset: str = "digits", *, spec_overrides: Mapping[str, Any] | None = None,
-             recipe: str | None = None, device: str | None = None, data_root: str | None = None,
-             batch_size: int = 256, workers: int = 4, data_mode: str = "auto", download: bool = True,
-             ema: bool = False) -> dict[str, float]:
-    """Top-1 / top-5 (%) of a checkpoint on a dataset's test split: {"top1", "top5", "loss", "images"}.
-    The spec is compiled as for training (classes from the dataset); the recipe (default: the
-    dataset's) gives the evaluation crop. `ema=True` evaluates the checkpoint's EMA weights."""
+def evaluate(spec: str | None, weights: str, dataset: str | None = None, *,
+             spec_overrides: Mapping[str, Any] | None = None, recipe: str | None = None, device: str | None = None,
+             data_root: str | None = None, batch_size: int = 256, workers: int = 4, data_mode: str = "auto",
+             download: bool = True, ema: bool = False) -> dict[str, Any]:
+    """Top-1 / top-5 (%) of a checkpoint on a dataset's test split: {"top1", "top5", "loss", "images",
+    "dataset"}.
+    A vitgraph checkpoint says the rest: without `spec`, its stored spec and parameters; without
+    `dataset`, the dataset it was trained on; without `recipe`, its training recipe (for the
+    evaluation crop). Other checkpoints (DeiT, timm) need `spec`; it is compiled as for training
+    (classes from the dataset), with the dataset's recipe. `ema=True` evaluates the EMA weights."""
+    ck = read_checkpoint(weights)
+    saved = ck.get("dataset") if isinstance(ck.get("dataset"), Mapping) else {}
+    dataset = dataset or saved.get("argument") or saved.get("name") or "digits"
     ctx = setup(device)
     try:
-        rec = load_recipe(recipe or default_recipe(dataset), {"batch_size": batch_size * ctx.world})
+        rec = _eval_recipe(ck, recipe, dataset, batch_size * ctx.world)
         ds = _load_data(dataset, data_root, download, data_mode, ctx)
-        graph, _ = compile_for(spec, ds.num_classes, rec, spec_overrides)
+        graph = checkpoint_graph(spec, ck, weights, dict(spec_overrides or {})) \
+            or compile_for(str(spec), ds.num_classes, rec, spec_overrides)[0]
+        if graph.classes != ds.num_classes:
+            raise UserError(f"{weights} predicts {graph.classes} classes but {ds.name} has {ds.num_classes}",
+                            hint="evaluate on the dataset it was trained on (the default), or pass --dataset")
         model = vitgraph.to_torch(graph)
-        source: Any = weights
+        source: Any = ck
         if ema:
-            ck = read_checkpoint(weights)
             if not ck.get("ema"):
                 raise UserError(f"{weights} holds no EMA weights")
             source = {"model": ck["ema"]}
-        load_weights(model, graph, source)
+        load_weights(model, graph, source, weights)
         model.to(ctx.device)
         _, test = make_loaders(ds, rec, graph, ctx, 0, workers)
-        aug = Augmenter(rec, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std,
-                                    ctx.device)
-        return evaluate_model(model, test, aug, ctx)
+        aug = Augmenter(rec, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std, ctx.device)
+        return {**evaluate_model(model, test, aug, ctx), "dataset": ds.name}
     finally:
         ctx.close()
+
+
+def _eval_recipe(ck: Mapping[str, Any], name: str | None, dataset: str, batch_size: int) -> Recipe:
+    """The recipe that says how to evaluate: the one named, else the checkpoint's own, else the
+    dataset's default; at the evaluation batch size."""
+    saved = ck.get("recipe")
+    if name or not isinstance(saved, Mapping):
+        return load_recipe(name or default_recipe(dataset), {"batch_size": batch_size})
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    return dataclasses.replace(Recipe(**{k: v for k, v in saved.items() if k in known}), batch_size=batch_size)
