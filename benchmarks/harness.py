@@ -363,6 +363,7 @@ def execute(p: Planned, everything: list[Planned], store: ResultStore, opts: Opt
     figures: dict[str, Any] = {"counts": count_figures(p.graph)}
     try:
         if measure.torch_throughput and main:
+            log(f"    timing torch training and inference at batch {measure.batch} on {device}")
             figures["torch"] = torch_speed(p.graph, device, measure)
         decision = _decide(p, everything, store, folder, figures, train_images) if main else None
         chosen, teacher = _agree(decision)
@@ -371,6 +372,7 @@ def execute(p: Planned, everything: list[Planned], store: ResultStore, opts: Opt
         metrics["run_dir"] = str(folder.relative_to(store.folder))
         figures["metrics"] = metrics
         if measure.onnx_cpu and main:
+            log("    timing the trained weights exported to ONNX, in onnxruntime on the CPU")
             figures["onnx_cpu"] = onnx_cpu_speed(p.graph, folder / "last.pt", measure)
     except UserError as e:
         log(f"error: {p.run.id}: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))

@@ -188,7 +188,10 @@ def conditions_text(records: list[dict[str, Any]]) -> str:
     for r in latest_ok(records):
         c = r.get("conditions", {})
         versions = ", ".join(f"{k} {v}" for k, v in (c.get("versions") or {}).items() if v)
-        lines.append(f"- device {c.get('device')}; CPU {c.get('cpu')} ({c.get('cpu_count')} cores, "
+        kind = ", ".join(f"{label} {c[key]}" for key, label in (("cpu_family_model_stepping", "family/model/stepping"),
+                                                              ("torch_cpu_capability", "torch kernels")) if c.get(key))
+        lines.append(f"- device {c.get('device')}; CPU {c.get('cpu')} ({kind + ', ' if kind else ''}"
+                     f"{c.get('cpu_count')} cores, "
                      f"{c.get('torch_threads')} torch threads); GPU {c.get('gpu') or 'none'}; {versions}; "
                      f"git {c.get('git_commit')}")
     loads = [figure(r, "conditions.load_avg_1min") for r in latest_ok(records)]

@@ -247,3 +247,25 @@ def test_failed_download_still_says_where_the_files_go(tmp_path, monkeypatch):
     assert e.value.message.startswith(f"dataset 'cifar100' not found: looked for {tmp_path / 'cifar-100-python'}")
     assert "could not download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in e.value.message
     assert "cifar.html" in e.value.hint
+
+
+def test_nproc_without_gpus_is_refused_before_anything_starts(tmp_path, capsys):
+    path = _suite_file(tmp_path)
+    path.write_text(path.read_text().replace('device = "cpu"\n', ""))  # the suite's runs want a GPU when there is one
+    assert main(["bench", "--suite", str(path), "--results", str(tmp_path / "res"), "--nproc", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --nproc 8 needs 8 GPUs, and this machine has 0") and "--device cpu" in err
+    assert not (tmp_path / "res").exists()
+    assert main(["bench", "--suite", str(path), "--results", str(tmp_path / "res"), "--nproc", "8", "--list"]) == 0
+    assert capsys.readouterr().out.count("tiny@digits") == 1  # listed once, by this process
+
+
+def test_interrupted_bench_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(H, "execute", interrupt)
+    path = _suite_file(tmp_path)
+    assert main(["bench", "--suite", str(path), "--results", str(tmp_path / "res")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: finished runs are kept in" in err and "run the same command again" in err

@@ -98,3 +98,27 @@ def test_build_onnx_fused_or_standard_ops(flags: list[str], domains: set[str], t
     assert main(["build", "specs/vit.vg", "--backend", "onnx", "-o", str(out), "--set", "patch=8", *flags]) == 0
     assert {n.domain for n in onnx.load(out).graph.node} == domains
     assert "wrote" in capsys.readouterr().out
+
+
+def test_drawing_groups_stages_and_collapses_repeated_blocks() -> None:
+    from vitgraph.draw import Run, columns
+
+    def runs(graph, expand=False):
+        return {c.title: [(i.first, i.count) for i in c.items if isinstance(i, Run)] for c in columns(graph, expand)}
+
+    pyramid = vitgraph.compile("specs/binaryvit.vg")
+    assert [c.title for c in columns(pyramid)] == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    assert runs(pyramid)["stages.2"] == [("stages.2.blocks.0", 8)]
+    assert len(runs(pyramid, expand=True)["stages.2"]) == 8
+    assert runs(vitgraph.compile("specs/vit.vg")) == {"stem": [], "blocks": [("blocks.0", 9)], "head": []}
+
+
+def test_pyramid_drawing_fits_a_screen(tmp_path: Path) -> None:
+    from PIL import Image
+
+    small, full = tmp_path / "bv.png", tmp_path / "bv_all.png"
+    assert main(["show", "specs/binaryvit.vg", "--format", "png", "-o", str(small)]) == 0
+    assert main(["show", "specs/binaryvit.vg", "--format", "png", "-o", str(full), "--expand"]) == 0
+    width, height = Image.open(small).size
+    assert width <= 1920 and height <= 1080
+    assert Image.open(full).size[1] > 2 * height  # every block drawn: several times taller

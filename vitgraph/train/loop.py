@@ -100,12 +100,13 @@ def compile_for(spec: str, classes: int, recipe: Recipe | None,
                 spec_overrides: Mapping[str, Any] | None,
                 defaults: Mapping[str, Any] | None = None) -> tuple[Graph, list[str]]:
     """Compile `spec` for a dataset with `classes` classes: `classes` (when the spec declares it
-    and the user did not set it), the `defaults` the spec declares (the parameters a starting
-    checkpoint was trained with), then the recipe's [spec] values the spec declares, then the
-    user's overrides. Returns the graph and notes on recipe values the spec does not declare."""
+    and the user did not set it), then the recipe's [spec] values the spec declares, then the
+    `defaults` it declares (the parameters a starting checkpoint was trained with: the model
+    being continued wins over the recipe's values for fresh models), then the user's overrides.
+    Returns the graph and notes on recipe values the spec does not declare."""
     declared = vitgraph.compile(spec).spec.params
     user = dict(spec_overrides or {})
-    params: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if k in declared and k != "classes"}
+    params: dict[str, Any] = {}
     notes: list[str] = []
     if "classes" in declared:
         params["classes"] = classes
@@ -114,6 +115,7 @@ def compile_for(spec: str, classes: int, recipe: Recipe | None,
             params[key] = value
         else:
             notes.append(f"recipe sets {key} = {value}, which {spec} does not declare: ignored")
+    params.update({k: v for k, v in (defaults or {}).items() if k in declared and k != "classes"})
     params.update(user)
     graph = vitgraph.compile(spec, **params)
     if graph.classes != classes:
