@@ -122,3 +122,21 @@ def test_pyramid_drawing_fits_a_screen(tmp_path: Path) -> None:
     width, height = Image.open(small).size
     assert width <= 1920 and height <= 1080
     assert Image.open(full).size[1] > 2 * height  # every block drawn: several times taller
+
+
+def test_set_stops_at_the_first_word_without_equals(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["ops", "--set", "image=64", "patch=8", "classes=200", "specs/vit.vg", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["macs"] == pytest.approx(189.5e6, rel=1e-3)
+    assert main(["ops", "--set", "specs/vit.vg"]) == 2  # a flag with nothing to take says so
+    assert "expected key=value after the flag, found nothing" in capsys.readouterr().err
+
+
+def test_bare_command_prints_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: vitgraph") and "`vitgraph bench`" in out and "bench" in out
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"vitgraph {vitgraph.__version__}\n"

@@ -179,10 +179,14 @@ def test_finetune_new_resolution_and_classes(specs, tmp_path):
 
 def test_train_from_weights(specs, tmp_path):
     _teacher_checkpoint(specs[0], tmp_path / "src.pt", image=8, patch=4, classes=100)
-    result = train(specs[0], tmp_path / "run", weights=str(tmp_path / "src.pt"))
+    result = train(specs[0], tmp_path / "run", weights=str(tmp_path / "src.pt"), spec_overrides={"image": "16"})
     notes = json.loads((tmp_path / "run" / "config.json").read_text())["notes"]
     assert any("resampled pos_embed" in n for n in notes) and any("replaced head.bias" in n for n in notes)
     assert result["top1"] > 0
+    # without --set, the checkpoint's 8 pixels win over the digits recipe's 16: nothing is resampled
+    train(specs[0], tmp_path / "same", weights=str(tmp_path / "src.pt"))
+    config = json.loads((tmp_path / "same" / "config.json").read_text())
+    assert config["spec"]["params"]["image"] == 8 and not any("resampled" in n for n in config["notes"])
 
 
 def test_cli_train_and_eval(specs, tmp_path, capsys):

@@ -38,23 +38,28 @@ class _Parser(argparse.ArgumentParser):
 def split_key_values(argv: Sequence[str]) -> list[str]:
     """`--set image=64 patch=8 specs/vit.vg` -> `--set=image=64 --set=patch=8 specs/vit.vg`: a
     KEY=VALUE flag takes the words after it only while they hold '=', so it cannot swallow a
-    positional argument that follows it (the flags are declared with action="extend")."""
+    positional argument that follows it (the flags are declared with action="extend"). A first
+    word without '=' that is not a path (`--set image`) is kept as a bad pair, for its message."""
     out: list[str] = []
-    flag, taken = None, 0  # the KEY=VALUE flag being read, and how many pairs it took
+    flag, taken = None, 0  # the KEY=VALUE flag being read, and how many words it took
     for word in argv:
-        if flag and not taken and (word in KEY_VALUE_FLAGS or "=" not in word or word.startswith("-")):
-            out.append(f"{flag}=")  # nothing to take: parse_overrides reports the empty pair
-        if word in KEY_VALUE_FLAGS:
-            flag, taken = word, 0
-        elif flag and "=" in word and not word.startswith("-"):
+        pair = not word.startswith("-") and ("=" in word or (not taken and not _looks_like_path(word)))
+        if flag and pair:
             out.append(f"{flag}={word}")
             taken += 1
-        else:
-            flag = None
+            continue
+        if flag and not taken:
+            out.append(f"{flag}=")  # nothing to take: parse_overrides reports the empty pair
+        flag, taken = (word, 0) if word in KEY_VALUE_FLAGS else (None, 0)
+        if flag is None:
             out.append(word)
     if flag and not taken:
         out.append(f"{flag}=")
     return out
+
+
+def _looks_like_path(word: str) -> bool:
+    return "/" in word or word.endswith((".vg", ".pt", ".pth", ".safetensors", ".onnx")) or os.path.exists(word)
 
 
 def parse_overrides(items: Sequence[str] | None) -> dict[str, str]:
