@@ -42,7 +42,6 @@ INSTALL = "python3 -m venv .venv"  # the install lines: .ci/run runs the test on
 LONG = {
     "vitgraph bench": ["--max-steps", "1", "--quiet"],
     "vitgraph train specs/vit.vg --dataset digits --out runs/vit-digits": ["--max-steps", "3", "--quiet"],
-    "vitgraph train specs/vit.vg --dataset digits": ["--max-steps", "1", "--quiet"],
     "vitgraph bench --suite cpu --data-root ../shared/data": ["--list"],
 }
 # minutes even when shortened (each tests on the 10,000 CIFAR-10 test images): the slow test only

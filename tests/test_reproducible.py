@@ -97,6 +97,8 @@ def test_built_onnx_model_predicts_what_eval_predicts(tmp_path, capsys):
     guesses = [line.split()[1] for line in printed[1::2]]
     hits = sum(guess == f.parent.name for guess, f in zip(guesses, files))
     assert evaluated.startswith(f"data: top-1 {100 * hits / len(files):.2f}%  ")
+    assert main(["predict", str(run / "best.pt"), *map(str, files), "--top", "1"]) == 0  # the checkpoint itself
+    assert capsys.readouterr().out.splitlines() == printed
 
     # image by image: the ONNX model on predict's input, the checkpoint in torch on eval's input
     session, prep = open_model(str(model))
