@@ -392,7 +392,8 @@ def _checkpoint(s: "Session", epoch: int, best: dict[str, float], history: list[
               ema=st.ema.state_dict() if st.ema is not None else None, epoch=epoch, steps=s.steps,
               best=dict(best), history=history, recipe=s.recipe.to_dict(), seed=s.seed,
               limits=s.limits.as_dict(), overrides=dict(s.spec_overrides),
-              dataset={**_dataset_info(s.ds), "argument": s.dataset_arg}, summary=_summary(s, history, best))
+              dataset={**_dataset_info(s.ds), "argument": s.dataset_arg, "data_root": s.data_root},
+              summary=_summary(s, history, best))
     return ck
 
 
@@ -491,6 +492,7 @@ class Session:
     dataset_arg: str  # the dataset as named to run(): a name, or a folder's path
     steps: int = 0  # optimiser steps done so far, resumed ones included
     stopped_by: str | None = None  # "max_steps" or "minutes" when a limit ended the run inside an epoch
+    data_root: str | None = None  # --data-root as given (eval of the checkpoint looks there again)
 
 
 def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs: int | None,
@@ -540,7 +542,7 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
     step = Step(_wrap(model, ctx, compile_model), model, optimizer, scheduler, recipe, aug, ema, teacher,
                 teacher_size, autocast)
     session = Session(ctx, recipe, graph, ds, model, step, train_loader, test_loader, run_dir, seed, progress,
-                      limits, dict(spec_overrides or {}), dataset, steps)
+                      limits, dict(spec_overrides or {}), dataset, steps, data_root=data_root)
     if ctx.main:
         extra = {"params": sum(p.numel() for p in model.parameters()), "weights": weights, "bf16": bf16,
                  "compile": compile_model, "limits": limits.as_dict(),
@@ -638,12 +640,14 @@ def evaluate(spec: str | None, weights: str, dataset: str | None = None, *,
     """Top-1 / top-5 (%) of a checkpoint on a dataset's test split: {"top1", "top5", "loss", "images",
     "dataset"}.
     A vitgraph checkpoint says the rest: without `spec`, its stored spec and parameters; without
-    `dataset`, the dataset it was trained on; without `recipe`, its training recipe (for the
-    evaluation crop). Other checkpoints (DeiT, timm) need `spec`; it is compiled as for training
+    `dataset`, the dataset it was trained on (and the --data-root it was trained with); without
+    `recipe`, its training recipe (for the evaluation crop). Other checkpoints (DeiT, timm) need `spec`; it is compiled as for training
     (classes from the dataset), with the dataset's recipe. `ema=True` evaluates the EMA weights."""
     ck = read_checkpoint(weights)
     saved = ck.get("dataset") if isinstance(ck.get("dataset"), Mapping) else {}
-    dataset = dataset or saved.get("argument") or saved.get("name") or "digits"
+    if not dataset:  # the dataset it was trained on, where it was found then
+        dataset = saved.get("argument") or saved.get("name") or "digits"
+        data_root = data_root or saved.get("data_root")
     ctx = setup(device)
     try:
         rec = _eval_recipe(ck, recipe, dataset, batch_size * ctx.world)
