@@ -79,7 +79,22 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     "duplicate_word": ({"main.vg": vit(tokens="tokens cls\n    tokens cls distill")}, []),
     "duplicate_model": ({"main.vg": vit() + "model m {\n}\n"}, []),
     "mlp_ratio_and_hidden": ({"main.vg": vit(mlp="mlp ratio 2 hidden 384")}, []),
-    "block_without_attention": ({"main.vg": vit(attn="affine-residual")}, []),
+    "block_without_branch": ({"main.vg": vit(attn="affine-residual", mlp="")}, []),
+    "parallel_word_first": ({"main.vg": vit(attn="pool-branches 3x1", mlp="mlp ratio 2", tokens="", head="gap")}, []),
+    "layer_before_input": ({"main.vg": vit().replace("    input 3 x image x image\n", "").replace(
+        "    pos-embed learned\n", "    pos-embed learned\n    input 3 x image x image\n")}, []),
+    "layer_after_head": ({"main.vg": vit().replace("    head token -> classes\n", "    head token -> classes\n"
+                                                                             "    pos-embed learned\n")}, []),
+    "patch_without_extends": ({"main.vg": vit().replace("blocks 2 {", "blocks {")}, []),
+    "index_outside_a_body": ({"main.vg": vit(stem="patchify (index + 4) -> 192")}, []),
+    "parameter_named_index": ({"main.vg": "param index = 3\n" + vit()}, []),
+    "drop_path_rate_one": ({"main.vg": vit(extra="").replace("    head token", "    drop-path 1.0\n    head token")},
+                           []),
+    "init_unknown_policy": ({"main.vg": vit().replace("    head token", "    init xavir\n    head token")}, []),
+    "init_distribution_without_std": ({"main.vg": vit().replace("    head token",
+                                                               "    init tokens normal\n    head token")}, []),
+    "extends_adds_a_layer": ({"main.vg": vit().replace("    tokens cls\n", "") + "model n extends m {\n"
+                                         "    tokens cls\n}\n"}, ["--model", "n"]),
     "missing_head": ({"main.vg": "model m {\n    input 3 x 32 x 32\n    patchify 4 -> 64\n"
                                  "    blocks 1 { attention heads 2; mlp ratio 2 }\n}\n"}, []),
     "missing_patch_embedding": ({"main.vg": vit(stem="")}, []),

@@ -25,7 +25,7 @@ def _label(graph: Graph, node: Node) -> str:
         cost.append(f"{c.macs / 1e6:.1f}M MACs")
     if c.bops:
         cost.append(f"{c.bops / 1e6:.1f}M BOPs")
-    return f"{node.name}\n{node.op.value} {node.out}" + (f"\n{', '.join(cost)}" if cost else "")
+    return f"{node.name}\n{node.op.name} {node.out}" + (f"\n{', '.join(cost)}" if cost else "")
 
 
 def _fill(graph: Graph, node: Node) -> str:

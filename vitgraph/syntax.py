@@ -19,7 +19,7 @@ class Arg:
     """One argument of a statement. kind: int, float, string, word, arrow, kernel, expr."""
 
     kind: str
-    value: Any  # int | float | str | (h, w) for kernels | ("op", left, right) for expr
+    value: Any  # int | float | str | (h, w) for kernels | (op, operand, ...) for expr
     span: Span = field(compare=False)
 
     def text(self) -> str:
@@ -30,18 +30,27 @@ class Arg:
         if self.kind == "arrow":
             return "->"
         if self.kind == "expr":
-            op, a, b = self.value
-            return f"({a.text()} {op} {b.text()})"
+            op, *xs = self.value
+            if op == "neg":
+                return f"-{xs[0].text()}"
+            if op == "if":
+                return f"({xs[1].text()} if {xs[0].text()} else {xs[2].text()})"
+            return f"({xs[0].text()} {op} {xs[1].text()})"
         return str(self.value)
 
 
 @dataclass(frozen=True)
 class Stmt:
+    """One statement: a word, its arguments, an optional `as NAME` (the module path its
+    layers get) and an optional body in braces."""
+
     word: str
     args: tuple[Arg, ...]
     body: tuple["Stmt", ...] | None
     span: Span = field(compare=False)
     word_span: Span = field(compare=False)
+    alias: str | None = None
+    alias_span: Span | None = field(compare=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,10 @@ def _meta_span(file: str, meta: Any) -> Span:
     return Span(file, meta.line, meta.column, meta.end_line, meta.end_column)
 
 
+def _is_alias(x: Any) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], Span)
+
+
 @v_args(meta=True)
 class _Build(Transformer):
     def __init__(self, file: str) -> None:
@@ -119,8 +132,30 @@ class _Build(Transformer):
         h, w = str(c[0]).split("x")
         return self._leaf("kernel", c[0], (int(h), int(w)))
 
+    def neg_int(self, meta, c):
+        return self._leaf("int", c[0], -int(c[0]))
+
+    def neg_float(self, meta, c):
+        return self._leaf("float", c[0], -float(c[0]))
+
     def paren(self, meta, c):
         return c[0]
+
+    def neg(self, meta, c):
+        return Arg("expr", ("neg", c[0]), _meta_span(self.file, meta))
+
+    def mod(self, meta, c):
+        return self._binop("%", meta, c)
+
+    def compare(self, meta, c):
+        return Arg("expr", (str(c[1]), c[0], c[2]), _meta_span(self.file, meta))
+
+    def ifelse(self, meta, c):
+        then, test, other = c
+        return Arg("expr", ("if", test, then, other), _meta_span(self.file, meta))
+
+    def alias(self, meta, c):
+        return (".".join(str(t) for t in c), _meta_span(self.file, meta))
 
     def _binop(self, op: str, meta, c) -> Arg:
         return Arg("expr", (op, c[0], c[1]), _meta_span(self.file, meta))
@@ -141,11 +176,11 @@ class _Build(Transformer):
         return tuple(c)
 
     def stmt(self, meta, c):
-        word = c[0]
-        rest = c[1:]
-        body = rest[-1] if rest and isinstance(rest[-1], tuple) else None
-        args = tuple(rest[:-1] if body is not None else rest)
-        return Stmt(str(word), args, body, _meta_span(self.file, meta), _tok_span(self.file, word))
+        word, rest = c[0], list(c[1:])
+        body = rest.pop() if rest and isinstance(rest[-1], tuple) and not _is_alias(rest[-1]) else None
+        alias = rest.pop() if rest and _is_alias(rest[-1]) else (None, None)
+        return Stmt(str(word), tuple(rest), body, _meta_span(self.file, meta), _tok_span(self.file, word),
+                    alias[0], alias[1])
 
     def use(self, meta, c):
         return Use(c[0][1:-1], _tok_span(self.file, c[0]))
@@ -202,9 +237,12 @@ def _expected(e: lark.exceptions.UnexpectedInput) -> str:
         "EQUAL": "'='", "ARROW": "'->'", "KERNEL": "a kernel like 3x1",
         "LPAR": "'('", "RPAR": "')'", "$END": "the end of the file", "COLON": "':'",
         "MINUS": "'-'", "PLUS": "'+'", "SLASH": "'/'", "STAR": "'*'", "MODEL": "'model'",
-        "USE": "'use'", "PARAM": "'param'", "EXTENDS": "'extends'",
+        "USE": "'use'", "PARAM": "'param'", "EXTENDS": "'extends'", "PERCENT": "'%'", "COMPARE": "a comparison",
+        "IF": "'if'", "ELSE": "'else'", "AS": "'as'", "DOT": "'.'",
     }
-    exp = sorted(getattr(e, "expected", None) or getattr(e, "allowed", None) or [])
+    first = ("RPAR", "RBRACE", "_SEP", "$END")  # what closes the construct reads best first
+    exp = sorted(getattr(e, "expected", None) or getattr(e, "allowed", None) or [],
+                 key=lambda t: (t not in first, first.index(t) if t in first else 0, t))
     words = [names.get(x, f"'{x.lower()}'" if x.isupper() else x) for x in exp]
     words = [w for w in dict.fromkeys(words) if not w.startswith("'__")]
     return ", ".join(words[:8])
