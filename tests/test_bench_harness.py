@@ -131,7 +131,7 @@ def test_missing_dataset_is_reported_once_and_the_rest_runs(tmp_path, capsys):
 def test_bad_recipe_is_caught_before_anything_trains(tmp_path):
     path = _suite_file(tmp_path)
     path.write_text(path.read_text().replace("[budget]", "[spec.tiny2]\nrecipe_set = { lr = -1 }\n[budget]"))
-    with pytest.raises(H.UserError, match="lr and distill_tau must be > 0"):
+    with pytest.raises(H.UserError, match="lr = -1.0 is out of range; expected lr > 0"):
         H.plan(load_suite(str(path)).runs)
 
 
