@@ -92,11 +92,16 @@ def shown_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The latest successful record of each configuration, each with its row `label`: the spec's
     name, and the settings that differ when the spec ran in several configurations on a dataset."""
     runs = latest_ok(records)
+    cells = {cell: [r for r in runs if (r["spec"], r["dataset"]) == cell]
+             for cell in dict.fromkeys((r["spec"], r["dataset"]) for r in runs)}
     varying: dict[str, set[str]] = {}
-    for spec, dataset in dict.fromkeys((r["spec"], r["dataset"]) for r in runs):
-        settings = [_settings(r) for r in runs if (r["spec"], r["dataset"]) == (spec, dataset)]
-        keys = {k for s in settings for k in s}
+    for (spec, _), cell in cells.items():
+        settings = [_settings(r) for r in cell]
+        keys = {k for s in settings for k in s} - {"spec_hash"}  # overrides change the hash too
         varying.setdefault(spec, set()).update(k for k in keys if len({repr(s.get(k)) for s in settings}) > 1)
+    for (spec, _), cell in cells.items():
+        if len({_label(r, sorted(varying[spec])) for r in cell}) < len(cell):  # told apart by the spec text only
+            varying[spec].add("spec_hash")
     return [{**r, "label": _label(r, sorted(varying[r["spec"]]))} for r in runs]
 
 
