@@ -23,7 +23,7 @@ from vitgraph.benchmarks.results import ResultStore, read_records
 from vitgraph.benchmarks.suite import load_suite, narrow
 from vitgraph.cli import main
 from vitgraph.diagnostics import UserError
-from vitgraph.fileio import folder_lock, remove_stale_temps
+from vitgraph.fileio import folder_lock, remove_stale_temps, write_atomic
 from vitgraph.train import loop
 
 
@@ -209,9 +209,17 @@ def test_kill_while_budget_json_is_written_keeps_resume_working(tmp_path):
     assert not (folder / "budget.json").exists() and len(list(folder.glob(".budget.json.tmp*"))) == 1
     assert H.budget_epochs(p, folder, 100.0, 1437) == 2  # chosen afresh, written whole
     assert json.loads((folder / "budget.json").read_text())["epochs"] == 2
-    assert [q.name for q in remove_stale_temps(folder)][0].startswith(".budget.json.tmp")
+    assert list(folder.glob(".budget.json.tmp*")) == []  # the killed write's file, removed by the next
     (folder / "budget.json").write_text('{"epo')  # torn by an older, non-atomic version
     assert H.budget_epochs(p, folder, 100.0, 1437) == 2
+
+
+def test_stale_temporary_files_are_those_of_dead_processes(tmp_path):
+    _killed_while_writing(tmp_path / "a.json")
+    write_atomic(tmp_path / "b.json", lambda tmp: (tmp.write_text("{}"), (tmp_path / "during").write_text(
+        " ".join(p.name for p in remove_stale_temps(tmp_path)))))
+    assert (tmp_path / "during").read_text().startswith(".a.json.tmp")  # not the live write's own file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "during"]
 
 
 def test_temporary_file_of_a_killed_checkpoint_write_is_removed_on_start(tmp_path):

@@ -29,12 +29,14 @@ _held: dict[Path, list[int]] = {}  # folder -> [lock file descriptor, depth] of 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, flush it to disk, then rename it over
-    `path`; the temporary file is removed if writing fails. A failure to write (read-only place,
-    full disk, ...) raises UserError naming `path`; the previous file is then unchanged."""
+    `path`; the temporary file is removed if writing fails, and those of earlier writes of `path`
+    killed mid-way are removed first. A failure to write (read-only place, full disk, ...) raises
+    UserError naming `path`; the previous file is then unchanged."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent, path.name)
         write(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
@@ -63,11 +65,12 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Remove the temporary files that write_atomic left in `folder` when its process was killed
-    mid-write (`.last.pt.tmp<pid>`): those whose process no longer runs. Returns what was removed."""
+def remove_stale_temps(folder: Path, name: str = "*") -> list[Path]:
+    """Remove the temporary files that write_atomic left in `folder` (for the file `name`, or any)
+    when its process was killed mid-write (`.last.pt.tmp<pid>`): those whose process no longer
+    runs. Returns what was removed."""
     removed = []
-    for path in Path(folder).glob(".*.tmp*"):
+    for path in Path(folder).glob(f".{name}.tmp*"):
         match = _TEMP.match(path.name)
         if match and not _running(int(match.group(1))):
             path.unlink(missing_ok=True)
