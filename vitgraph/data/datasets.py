@@ -35,8 +35,8 @@ import numpy as np
 
 from ..diagnostics import UserError, suggestion
 from ..fileio import write_atomic
-from .formats import (Arrays, Files, class_folders, common_size, decode_all, read_cifar, read_digits,
-                      read_svhn, read_tiny_imagenet, scan_folder, stratified_split)
+from .formats import (Arrays, Files, common_size, decode_all, read_cifar, read_digits, read_svhn,
+                      read_tiny_imagenet, scan_folder, stratified_split)
 from .sources import Remote, cache_dir, data_root, extract, fetch
 
 MEMORY_LIMIT = 8 << 30
@@ -216,9 +216,9 @@ def _folder_dataset(name: str, directory: Path, mean: tuple[float, ...], std: tu
         raise UserError(f"{directory} has train/ but no test split ({'/, '.join(TEST_DIRS)}/)",
                         hint="add the test images as <path>/test/<class>/<image>")
     if (directory / "train").is_dir():
-        classes = _same_classes(directory / "train", test_dir)
-        train, _ = scan_folder(directory / "train", classes)
-        test, _ = scan_folder(test_dir, classes)
+        train, classes = scan_folder(directory / "train")
+        test, test_classes = scan_folder(test_dir)
+        _same_classes(directory / "train", classes, test_dir, test_classes)
     else:
         every, classes = scan_folder(directory)
         if len(every) == 0:
@@ -233,15 +233,13 @@ def _folder_dataset(name: str, directory: Path, mean: tuple[float, ...], std: tu
     return Dataset(name, classes, train, test, mean, std, str(directory), known.size if known else None)
 
 
-def _same_classes(train_dir: Path, test_dir: Path) -> list[str]:
-    """The class folders of train/, which test/ must have too (and no others)."""
-    train, test = class_folders(train_dir), class_folders(test_dir)
+def _same_classes(train_dir: Path, train: list[str], test_dir: Path, test: list[str]) -> None:
+    """test/ must have the classes of train/, and no others (labels are positions in the list)."""
     if train != test:
         only = [f"only in {d.name}/: {', '.join(sorted(set(a) - set(b)))}"
                 for d, a, b in ((train_dir, train, test), (test_dir, test, train)) if set(a) - set(b)]
         raise UserError(f"the classes of {train_dir} and {test_dir} differ ({'; '.join(only)})",
                         hint="every class needs a folder with images in both")
-    return train
 
 
 def _digits() -> Dataset:

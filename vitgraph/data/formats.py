@@ -168,9 +168,10 @@ def images_in(folder: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
-def class_folders(directory: Path) -> list[str]:
-    """The class folders of a split folder, sorted by name. UserError naming the folders when
-    some are not classes (`__MACOSX`, hidden folders) or hold no image (empty or unreadable)."""
+def class_images(directory: Path) -> dict[str, list[Path]]:
+    """The images of each class folder of a split folder, classes sorted by name. UserError naming
+    the folders when some are not classes (`__MACOSX`, hidden folders) or hold no image (empty or
+    unreadable)."""
     try:
         folders = sorted(d for d in directory.iterdir() if d.is_dir())
     except OSError as e:
@@ -179,31 +180,28 @@ def class_folders(directory: Path) -> list[str]:
     if junk:
         raise UserError(f"{directory} holds folders that are not classes: {', '.join(junk)}",
                         hint="remove them (archives made on macOS add __MACOSX; tools add hidden folders)")
-    bad = []
+    found, bad = {}, []
     for d in folders:
         try:
-            if not images_in(d):
-                bad.append(f"{d.name} (no images)")
+            found[d.name] = images_in(d)
         except UserError:
             bad.append(f"{d.name} (unreadable)")
+            continue
+        if not found[d.name]:
+            bad.append(f"{d.name} (no images)")
     if bad:
         raise UserError(f"{directory} has class folders without a readable image: {', '.join(bad)}",
                         hint=f"every class folder needs at least one image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                              "remove or fill these")
-    return [d.name for d in folders]
+    return found
 
 
-def scan_folder(directory: Path, classes: list[str] | None = None) -> tuple[Files, list[str]]:
-    """<directory>/<class>/<image> with classes sorted by name (or the given class list)."""
-    if classes is None:
-        classes = class_folders(directory)
-    paths: list[Path] = []
-    labels: list[int] = []
-    for i, name in enumerate(classes):
-        found = images_in(directory / name)
-        paths += found
-        labels += [i] * len(found)
-    return Files(paths, np.asarray(labels, dtype=np.int64)), classes
+def scan_folder(directory: Path) -> tuple[Files, list[str]]:
+    """<directory>/<class>/<image>: the files with their labels, and the classes sorted by name."""
+    images = class_images(directory)
+    paths = [p for found in images.values() for p in found]
+    labels = [i for i, found in enumerate(images.values()) for _ in found]
+    return Files(paths, np.asarray(labels, dtype=np.int64)), list(images)
 
 
 @contextmanager
