@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from train_helpers import (CIFAR10_FOLDERS, write_cifar, write_folder, write_svhn, write_tiny_imagenet)
 
-from vitgraph.data import datasets, formats, sources
+from vitgraph.data import datasets, sources
 from vitgraph.data.datasets import load_dataset
 from vitgraph.data.formats import Arrays, Files
 from vitgraph.diagnostics import UserError

@@ -97,11 +97,6 @@ def read_cifar(directory: Path, split: str, fine: bool) -> tuple[Arrays, list[st
     return out, classes
 
 
-def unreadable_image(path: Path, why: object) -> UserError:
-    """The error for an image file that Pillow cannot decode."""
-    return UserError(f"cannot read {path} as an image ({why})", hint=f"replace or remove {path}")
-
-
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
@@ -220,7 +215,7 @@ def _opened(path: Path) -> Iterator[PILImage.Image]:
                         hint="shrink or remove it (Pillow refuses images this large as possible "
                              "decompression bombs)") from None
     except (OSError, ValueError, EOFError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
-        raise unreadable_image(path, e) from None
+        raise UserError(f"cannot read {path} as an image ({e})", hint=f"replace or remove {path}") from None
 
 
 def open_rgb(path: Path) -> PILImage.Image:
