@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from vitgraph.fileio import write_atomic
+
 from .report import TOP1, Column, figure, in_order
 
 _MARKERS = "osD^vP*X<>"
@@ -16,7 +18,7 @@ _OPS = Column("OPs = MACs + BOPs/64 (G)", "counts.ops", 1e9)
 
 
 def _scatter(runs: list[Mapping[str, Any]], x: Column, path: Path, title: str) -> Path | None:
-    """Top-1 against one figure; one marker per dataset, each point labelled with its spec."""
+    """Top-1 against one figure; one marker per dataset, each point labelled with its configuration."""
     from matplotlib.figure import Figure
 
     points = [(r, x.value(r), figure(r, TOP1)) for r in runs]
@@ -30,7 +32,7 @@ def _scatter(runs: list[Mapping[str, Any]], x: Column, path: Path, title: str) -
         ax.scatter([p[1] for p in mine], [p[2] for p in mine], marker=_MARKERS[i % len(_MARKERS)], s=50,
                    label=dataset, zorder=3)
         for r, px, py in mine:
-            ax.annotate(r["spec"], (px, py), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(r["label"], (px, py), textcoords="offset points", xytext=(5, 4), fontsize=8)
     xs = [px for _, px, _ in points]
     log = max(xs) / min(xs) > 10  # models of very different cost (binary vs full precision)
     if log:
@@ -48,8 +50,7 @@ def _scatter(runs: list[Mapping[str, Any]], x: Column, path: Path, title: str) -
     ax.legend(title="dataset", fontsize=8)
     ax.margins(x=0.15, y=0.1)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _per_dataset(runs: list[Mapping[str, Any]], path: Path) -> Path | None:
@@ -59,8 +60,8 @@ def _per_dataset(runs: list[Mapping[str, Any]], path: Path) -> Path | None:
     runs = [r for r in runs if figure(r, TOP1) is not None]
     if not runs:
         return None
-    specs, datasets = in_order(runs, "spec"), in_order(runs, "dataset")
-    by = {(r["spec"], r["dataset"]): figure(r, TOP1) for r in runs}
+    specs, datasets = in_order(runs, "label"), in_order(runs, "dataset")
+    by = {(r["label"], r["dataset"]): figure(r, TOP1) for r in runs}
     width = 0.8 / len(specs)
     fig = Figure(figsize=(max(6.0, 1.2 * len(datasets) * len(specs) ** 0.5 + 3), 5), dpi=120)
     ax = fig.add_subplot()
@@ -76,12 +77,12 @@ def _per_dataset(runs: list[Mapping[str, Any]], path: Path) -> Path | None:
     ax.set_title("top-1 accuracy per dataset")
     ax.grid(True, axis="y", alpha=0.3, zorder=0)
     ax.legend(fontsize=8, ncols=min(4, len(specs)), loc="upper center", bbox_to_anchor=(0.5, -0.07))
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
 def write_plots(runs: list[Mapping[str, Any]], folder: Path) -> dict[str, Path]:
-    """accuracy_vs_ops.png, accuracy_vs_cpu_latency.png, accuracy_per_dataset.png (those with data)."""
+    """accuracy_vs_ops.png, accuracy_vs_cpu_latency.png, accuracy_per_dataset.png (those with data),
+    from the runs of report.shown_runs (each names its configuration in `label`)."""
     made = {
         "accuracy_vs_ops.png": _scatter(runs, _OPS, folder / "accuracy_vs_ops.png", "top-1 against operations"),
         "accuracy_vs_cpu_latency.png": _scatter(runs, _CPU_LATENCY, folder / "accuracy_vs_cpu_latency.png",

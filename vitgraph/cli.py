@@ -1,13 +1,16 @@
 """The `vitgraph` command. Each subcommand lives in vitgraph/commands/<name>.py with
 `add_arguments(parser)` and `run(args) -> int`, imported only when it is invoked so that
 `vitgraph check` never loads torch. Errors become one message and an exit status:
-2 for a bad spec or flag, 1 for other user errors; never a traceback."""
+2 for a bad spec or flag, 1 for other user errors; never a traceback. Anything else is a bug
+in vitgraph: one line asking for a report and exit status 70 (EX_SOFTWARE), with the
+traceback only under `vitgraph --debug COMMAND`."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
 import sys
+import traceback
 from typing import Sequence
 
 from .diagnostics import SpecError, UserError, render
@@ -45,6 +48,7 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vitgraph", description="Vision-transformer spec compiler and benchmark harness.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -64,10 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (10.2 s vs 0.29 s, 2 threads, load average 7); on an idle machine it costs nothing.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        argv = ["bench"]  # the main job: the embedded smoke suite
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # the main job: the embedded smoke suite
+        args = parser.parse_args([*argv, "bench"])
     if getattr(args, "_missing", None):
         print(f"error: the '{args._missing}' command is not available in this build", file=sys.stderr)
         return 2
@@ -86,6 +90,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         return 0
+    except Exception as e:  # noqa: BLE001 - the last resort: a bug, reported as one line
+        return _internal_error(args.command, e, args.debug)
+
+
+EX_SOFTWARE = 70  # sysexits.h: an internal software error
+
+
+def _internal_error(command: str, error: Exception, debug: bool) -> int:
+    """One line naming the command and asking for a bug report (the traceback with --debug)."""
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
+    what = f"{type(error).__name__}: {error}".splitlines()[0]
+    rerun = "" if debug else "; rerun with `vitgraph --debug ...` for the traceback"
+    print(f"internal error in `vitgraph {command}` ({what}); this is a bug in vitgraph, please report it "
+          f"with the command you ran{rerun}", file=sys.stderr)
+    return EX_SOFTWARE
 
 
 if __name__ == "__main__":

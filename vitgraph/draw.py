@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .fileio import write_atomic
 from .ir import Graph, Node
 from .ops import node_counts
 
@@ -80,5 +81,7 @@ def render_image(graph: Graph, path: Path) -> None:
     ax.legend(handles=[Patch(facecolor=COLOURS[k], edgecolor="#555555", label=k) for k in COLOURS],
               loc="upper right", fontsize=7, title="precision", title_fontsize=7)
     ax.set_title(f"{graph.name}", fontsize=10)
-    fig.savefig(path, bbox_inches="tight", dpi=110)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:], bbox_inches="tight", dpi=110))
+    finally:
+        plt.close(fig)

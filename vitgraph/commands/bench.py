@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from ..cli import parse_overrides
 from ..diagnostics import UserError
+from ..fileio import check_output_folder
 
 if TYPE_CHECKING:
     from ..benchmarks.harness import Options, Outcome
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     log = _log if main else (lambda _: None)
     if args.list:
         return _list(suite, store, opts)
+    check_output_folder(store.folder)
     log(f"suite {suite.name}: {suite.description}")
     outcome = harness.run_suite(suite, store, opts, log)
     if not main:

@@ -9,6 +9,7 @@ import importlib
 
 from .. import compile
 from ..cli import parse_overrides
+from ..fileio import check_output_file, check_output_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_file(args.output)
+    else:  # the backend names the file after the model, here
+        check_output_folder(".")
     graph = compile(args.spec, args.model, **parse_overrides(args.set))
     backend = importlib.import_module(f"vitgraph.backends.{args.backend}_backend")
     return int(backend.build_command(graph, args) or 0)

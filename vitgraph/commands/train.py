@@ -12,6 +12,7 @@ import json
 import os
 
 from ..cli import parse_overrides
+from ..fileio import check_output_folder
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by train and eval: where the data is and how it is read."""
@@ -55,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train import run as train_run
 
+    check_output_folder(args.out or "runs")
     result = train_run(
         args.spec, args.dataset, args.recipe, epochs=args.epochs, batch_size=args.batch_size,
         overrides=parse_overrides(args.recipe_set), spec_overrides=parse_overrides(args.set), out=args.out,

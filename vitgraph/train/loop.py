@@ -52,7 +52,7 @@ from ..data.datasets import Dataset, load_dataset
 from ..data.formats import Arrays
 from ..data.pipeline import Augmenter, MemoryLoader, StreamLoader
 from ..diagnostics import UserError
-from ..fileio import write_atomic
+from ..fileio import folder_lock, remove_stale_temps, write_atomic
 from ..ir import Graph
 from .distributed import Context, setup
 from .finetune import load_pretrained
@@ -294,6 +294,13 @@ def _run_dir(out: str | os.PathLike[str] | None, graph: Graph, dataset: str, rec
     return Path("runs") / f"{graph.name}-{Path(dataset).name}-{recipe.name}-s{seed}"
 
 
+def _claim_run_dir(run_dir: Path, ctx: Context) -> list[str]:
+    """Lock the run folder until the run ends (another process training into it is told which
+    process holds it) and remove the temporary files of writes killed there; returns notes."""
+    ctx.held.enter_context(folder_lock(run_dir))
+    return [f"removed {path.name}, left by a write that was killed" for path in remove_stale_temps(run_dir)]
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
@@ -314,6 +321,7 @@ def _config(spec: str, graph: Graph, ds: Dataset, recipe: Recipe, ctx: Context, 
                  "input": list(graph.image), "classes": graph.classes},
         "dataset": {"name": ds.name, "source": ds.source, "train": len(ds.train), "test": len(ds.test),
                     "classes": ds.num_classes, "class_names": list(ds.classes), "in_memory": ds.in_memory,
+                    "image_size": ds.image_size,
                     "mean": ds.mean, "std": ds.std},
         "recipe": recipe.to_dict(), "effective_lr": recipe.effective_lr(), "seed": seed,
         "world_size": ctx.world, "batch_per_process": recipe.batch_size // ctx.world, "steps_per_epoch": steps,
@@ -430,6 +438,8 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
     scheduler = build_scheduler(optimizer, recipe, recipe.effective_lr(), len(train_loader), recipe.epochs)
     ema = EMA(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
     run_dir = _run_dir(out, graph, dataset, recipe, seed)
+    if ctx.main:
+        notes += _claim_run_dir(run_dir, ctx)
     start, best, history = 0, {"top1": -1.0, "epoch": 0}, []
     if resume and (run_dir / "last.pt").is_file():
         start, best, history = _resume(run_dir / "last.pt", model, graph, optimizer, scheduler, ema, recipe, seed)
