@@ -421,7 +421,8 @@ def goals(record: dict[str, Any]) -> list[dict[str, str]]:
         a, b = cifar["sl_vit"]["top1"], cifar["vit"]["top1"]
         out.append({"goal": goal, "measured": f"{a:.2f}% vs {b:.2f}%", "verdict": "met" if a >= b else "NOT met"})
     else:
-        out.append({"goal": goal, "measured": "-", "verdict": "not measured"})
+        out.append({"goal": goal, "measured": "-",
+                    "verdict": "not measured" + ("" if "cifar10" in record else " (not run)")})
     specs = record.get("specs")
     if specs:
         ok = sum(r["status"] == "ok" for r in specs["rows"])
@@ -601,8 +602,10 @@ def run(args: argparse.Namespace) -> int:
     report = Report(args.outdir, stem, {"benchmark": "gpu_check", "dry_run": args.dry_run, "environment": env,
                                         "plan": asdict(plan), "sections": list(args.sections),
                                         "failed_sections": {}, "section_seconds": {}})
-    print(f"{stem}: {env.get('cuda', {}).get('name') or env['cpu']}, torch {torch.__version__}, "
-          f"{total / 60:.1f} min budget", flush=True)
+    gpu = env.get("cuda")
+    where = f"{gpu['name']}, driver {gpu['driver']}, CUDA {gpu['cuda_runtime']}" if gpu else env["cpu"]
+    print(f"{stem}: {where}, torch {torch.__version__}, timm {env['versions']['timm'] or 'absent'}; "
+          f"a {total / 60:.1f}-minute budget", flush=True)
     if timm_note:
         print(f"note: {timm_note}", flush=True)
     report.save()

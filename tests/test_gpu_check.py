@@ -91,6 +91,30 @@ def test_dry_run_exercises_every_section(pack: Path, tmp_path: Path) -> None:
     assert "wrote" in proc.stdout and not list(scratch.glob("vitgraph-gpu-check-*"))  # the work folder is gone
 
 
+def test_children_past_their_deadline_are_killed_and_reported(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = dict(os.environ, TMPDIR=str(scratch))
+    proc = subprocess.run([sys.executable, "-m", "vitgraph.benchmarks.gpu_check", str(tmp_path / "out"), "--dry-run",
+                           "--sections", "specs", "ddp", "--minutes", "0.01"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    rows = record["specs"]["rows"]
+    assert rows[0]["status"] == "failed" and rows[0]["error"] == "killed at the section's deadline"
+    assert all(r["status"] == "not run" for r in rows[1:]) and record["ddp"]["status"] == "failed"
+    assert [g["verdict"] for g in record["goals"][-2:]] == ["NOT met", "NOT met"]
+    leftovers = [p for p in Path("/proc").glob("[0-9]*") if str(scratch) in _cmdline(p)]
+    assert not leftovers, [_cmdline(p) for p in leftovers]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     code = gpu_check.main(list(argv))
     captured = capsys.readouterr()
