@@ -31,8 +31,9 @@ killed part-way keeps what it measured:
 command), shared out among the sections asked for (--sections): checks 32%, throughput 30%
 (compiled variants whose compilation would not fit are left out, and said so), CIFAR-10 38%;
 a section that ends early leaves its time to the next.
-Without timm the script says so and runs everything else. Exit status 0 when every check ran,
-1 when one failed (goals missed are findings, not failures), 2 for bad input.
+Without timm the script says so and runs everything else. Exit status: 0 when every check ran
+(missed goals are findings, not failures); 1 when one failed, or the pack is missing or corrupt;
+2 for bad arguments, or no GPU without --dry-run.
 """
 from __future__ import annotations
 
