@@ -440,8 +440,8 @@ def _f(value: Any, fmt: str = "{:.2f}") -> str:
 
 
 def _specs_md(specs: dict[str, Any]) -> list[str]:
-    lines = [f"## Every spec: one bf16 training step ({specs['workers']} worker processes, torch.compile backend "
-             f"{specs['compile_backend']})", "",
+    workers = f"{specs['workers']} worker process" + ("es" if specs["workers"] != 1 else "")
+    lines = [f"## Every spec: one bf16 training step ({workers}, torch.compile backend {specs['compile_backend']})", "",
              "The timed models (section 4's, at its batch) also run one inference forward, compiled against eager.",
              "",
              "| model | impl | batch | mode | status | loss | first train step (s) | first inference (s) | graphs | "
