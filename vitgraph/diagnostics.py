@@ -107,3 +107,7 @@ class UserError(Exception):
         self.message = message
         self.hint = hint
         self.status = status
+
+    def text(self) -> str:
+        """What the command line prints: `error: message`, then `hint: ...` when there is one."""
+        return f"error: {self.message}" + (f"\nhint: {self.hint}" if self.hint else "")
