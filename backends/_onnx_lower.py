@@ -306,7 +306,13 @@ def _add(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str)
 
 @onnx_lowering(slice_op.Slice)
 def _slice(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str) -> str:
-    return L.g.op("Slice", xs[0], L.g.const([0]), L.g.const([node.attrs.tokens]), L.g.const([1]), out=out)
+    stop = ts[0].tokens if node.attrs.stop is None else node.attrs.stop
+    return L.g.op("Slice", xs[0], L.g.const([node.attrs.start]), L.g.const([stop]), L.g.const([1]), out=out)
+
+
+@onnx_lowering(slice_op.Concat)
+def _concat(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str) -> str:
+    return L.g.op("Concat", *xs, axis=1, out=out)
 
 
 def _transition(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str,

@@ -393,11 +393,20 @@ class MergeDownsample(nn.Module):
         return self.act(self.norm(z) + shortcut)
 
 
-# -- slice ----------------------------------------------------------------------------------
-def first_tokens(k: int, x: Tensor) -> Tensor:
-    return x[:, :k]  # (B, k, D)
+# -- token ranges ---------------------------------------------------------------------------
+def token_range(start: int, stop: int | None, x: Tensor) -> Tensor:
+    return x[:, start:stop]  # (B, stop - start, D)
+
+
+def join_tokens(*xs: Tensor) -> Tensor:
+    return torch.cat(xs, dim=1)
 
 
 @lowering_for(slice_op.Slice)
 def _slice(gm: object, node: Node, ins: list[TensorType]) -> object:
-    return functools.partial(first_tokens, node.attrs.tokens)
+    return functools.partial(token_range, node.attrs.start, node.attrs.stop)
+
+
+@lowering_for(slice_op.Concat)
+def _concat(gm: object, node: Node, ins: list[TensorType]) -> object:
+    return join_tokens

@@ -29,6 +29,7 @@ from .ops.downsample import Downsample, downsample_kinds
 from .ops.drop_path import DropPath, DropPathAttrs
 from .ops.head import Head
 from .ops.norm import Norm, NormAttrs
+from .ops.slice import Concat, ConcatAttrs, Slice, SliceAttrs
 from .syntax import Arg, Model, Module, Param, Stmt, Use, parse
 
 # -- the language's own words ---------------------------------------------------------------
@@ -546,15 +547,30 @@ class Builder:
         return branches, modifiers
 
     def _block(self, x: int, p: str, s: Stmt, env: Env, rate: float, stage: str) -> int:
+        """One block: each mixer a pre-norm residual branch. A mixer whose output holds only
+        the leading tokens (class attention) narrows the stream to them for the rest of the
+        block; the other tokens rejoin, unchanged, at its end."""
         branches, modifiers = self._branches(s)
         saved, self.env = self.env, env
+        rest: int | None = None
         try:
             norm = NormAttrs(self.settings.norm, self.settings.eps)
             for k, br in enumerate(branches, start=1):
                 op = WORDS[br.mixer.word]
                 h = self.g.add(Norm, f"{p}.norm{k}", (x,), norm, p, stage, br.mixer.span)
-                attrs = self._resolve(op, br.mixer, match(br.mixer, op.words[br.mixer.word], env), [self.g.node(h).out])
-                y = self.g.add(op, f"{p}.{op.key}", (h,), attrs, p, stage, br.mixer.span)
+                inputs = (h, x) if op.reads_stream else (h,)
+                attrs = self._resolve(op, br.mixer, match(br.mixer, op.words[br.mixer.word], env),
+                                      [self.g.node(i).out for i in inputs])
+                y = self.g.add(op, f"{p}.{op.key}", inputs, attrs, p, stage, br.mixer.span)
+                if not op.residual:  # the op carries its own shortcut: its output is the stream
+                    x = y
+                    continue
+                lead = self.g.node(y).out.tokens
+                if lead < self.g.node(x).out.tokens:
+                    if rest is not None:
+                        raise SpecError(f"'{br.mixer.word}' narrows a block that is already narrowed", br.mixer.span)
+                    rest = self.g.add(Slice, f"{p}.rest", (x,), SliceAttrs(lead), p, stage, br.mixer.span)
+                    x = self.g.add(Slice, f"{p}.lead", (x,), SliceAttrs(0, lead), p, stage, br.mixer.span)
                 for m in modifiers:
                     mop = WORDS[m.word]
                     mattrs = self._resolve(mop, m, match(m, mop.words[m.word], env), [self.g.node(y).out])
@@ -567,6 +583,8 @@ class Builder:
                     pattrs = self._resolve(pop, par, match(par, pop.words[par.word], env), [self.g.node(h).out])
                     parts.append(self.g.add(pop, f"{p}.{pop.key}", (h,), pattrs, p, stage, par.span))
                 x = self.g.add(Add, f"{p}.add{k}", tuple(parts), AddAttrs(), p, stage, br.mixer.span)
+            if rest is not None:
+                x = self.g.add(Concat, f"{p}.join", (x, rest), ConcatAttrs(), p, stage, s.span)
         finally:
             self.env = saved
         return x

@@ -191,6 +191,11 @@ class OpDef:
     binary_forms: ClassVar[frozenset[str]] = frozenset()  # what of it can be binary
     per_token: ClassVar[bool] = False  # each output token depends on its own input token only
     once: ClassVar[bool] = False       # at most once per model
+    # mixers: `residual` False means the op's output replaces the stream (it carries its own
+    # shortcut, as T2T's token attention); `reads_stream` means it also reads the block's
+    # un-normalised stream (its inputs are then (normed, stream))
+    residual: ClassVar[bool] = True
+    reads_stream: ClassVar[bool] = False
     Attrs: ClassVar[type] = type(None)
 
     @classmethod

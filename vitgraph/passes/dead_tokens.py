@@ -49,7 +49,7 @@ def run(graph: Graph) -> tuple[Graph, list[str]]:
                 src = g.node(i)
                 if src.out.tokens > k:
                     if (i, k) not in slices:
-                        slices[(i, k)] = g.add(Slice, f"{src.name}/first{k}", (i,), SliceAttrs(k), src.group,
+                        slices[(i, k)] = g.add(Slice, f"{src.name}/first{k}", (i,), SliceAttrs(0, k), src.group,
                                                src.stage, src.span)
                     i = slices[(i, k)]
                 inputs.append(i)
