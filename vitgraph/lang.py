@@ -8,7 +8,7 @@ located message for every misuse. The schemas themselves live with the op units
 Slots: "int:key", "num:key", "lit:x", "arrow", "choice:key:a|b", "choices:key:a|b" (one
 or more), "kernels:key" (one or more), "except" (the literal word, optional); a leading
 "?" makes a slot optional. Option and flag types: "int", "num", "real" (any sign),
-"bool", "choice:a|b".
+"pos" (> 0), "bool", "choice:a|b".
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ class Schema:
 
 
 BOOLS = {"true": True, "false": False, "yes": True, "no": False}
-_TYPE_NAMES = {"int": "an integer", "num": "a number", "real": "a number", "bool": "true or false",
-               "str": "a string"}
+_TYPE_NAMES = {"int": "an integer", "num": "a number", "pos": "a number", "real": "a number",
+               "bool": "true or false", "str": "a string"}
 RESERVED = ("index",)  # names the language binds itself (inside bodies)
 
 
@@ -120,8 +120,8 @@ def typed(env: Env, arg: Arg, kind: str, what: str) -> Any:
     if arg.kind == "arrow" or arg.kind == "kernel":
         raise SpecError(f"{what} expects {_TYPE_NAMES[kind]}, found {arg_type(arg)}", arg.span)
     v = env.value(arg)
-    ok = {"int": isinstance(v, int) and not isinstance(v, bool), "num": _number(v), "real": _number(v),
-          "bool": isinstance(v, bool)}[kind]
+    ok = {"int": isinstance(v, int) and not isinstance(v, bool), "num": _number(v), "pos": _number(v),
+          "real": _number(v), "bool": isinstance(v, bool)}[kind]
     if not ok:
         shown = f"'{arg.value}' = {v!r}" if arg.kind == "word" and arg.value not in BOOLS else repr(v)
         raise SpecError(f"{what} expects {_TYPE_NAMES[kind]}, found {shown}", arg.span)
@@ -129,7 +129,9 @@ def typed(env: Env, arg: Arg, kind: str, what: str) -> Any:
         raise SpecError(f"{what} expects a positive integer, found {v}", arg.span)
     if kind == "num" and v < 0:
         raise SpecError(f"{what} expects a non-negative number, found {v}", arg.span)
-    return float(v) if kind in ("num", "real") else v
+    if kind == "pos" and v <= 0:
+        raise SpecError(f"{what} expects a positive number, found {v}", arg.span)
+    return float(v) if kind in ("num", "pos", "real") else v
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from .syntax import Arg, Model, Module, Param, Stmt, Use, parse
 
 # -- the language's own words ---------------------------------------------------------------
 SETTINGS: dict[str, Schema] = {
-    "norm": Schema(("choice:kind:layer|batch",), {"eps": "num"}, usage="norm layer eps 1e-6"),
+    "norm": Schema(("choice:kind:layer|batch",), {"eps": "pos"}, usage="norm layer eps 1e-6"),
     "drop-path": Schema(("num:rate", "?choice:schedule:linear|constant"), usage="drop-path 0.1 linear"),
     "binarize": Schema(("choices:what:weights|activations|attention|none",
                         "?except", "?choices:exempt:stem|blocks|transitions|head"),
@@ -56,6 +56,7 @@ def structure_schemas() -> dict[str, Schema]:
 
 
 STRUCTURES = ("blocks", "stage")
+MAX_BLOCKS = 1000  # blocks of one statement (the deepest models in the papers have 48)
 BODY_ROLES = ("mixer", "modifier", "parallel")
 
 
@@ -90,6 +91,30 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+MAX_SPEC_BYTES = 256 * 1024  # the zoo's largest spec is ~2 KB; lark parses ~100 KB/s
+
+
+def _short(path: object) -> str:
+    text = str(path)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _read_spec(path: Path, span: Span | None = None) -> bytes:
+    """A spec file's bytes, at most MAX_SPEC_BYTES; every failure one located message."""
+    try:
+        if path.is_dir():
+            found = sorted(p.name for p in path.glob("*.vg"))[:5]
+            raise SpecError(f"'{path}' is a folder, not a spec file", span,
+                            [f"specs in it: {', '.join(found)}" if found else "expected a .vg file"])
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec '{path}' is {size / 1024:.0f} KiB; spec files are limited to "
+                            f"{MAX_SPEC_BYTES // 1024} KiB", span)
+        return path.read_bytes()[:MAX_SPEC_BYTES + 1]
+    except OSError as e:
+        raise SpecError(f"cannot read spec '{_short(path)}': {e.strerror or e}", span) from None
+
+
 class Loader:
     def __init__(self) -> None:
         self.sources = Sources()
@@ -98,12 +123,17 @@ class Loader:
         self.models: dict[str, Model] = {}
         self._seen: set[Path] = set()
 
-    def load_file(self, path: Path) -> list[str]:
+    def load_file(self, path: Path, span: Span | None = None) -> list[str]:
+        data, name = _read_spec(path, span), _display(path)
         try:
-            text = path.read_text()
-        except OSError as e:
-            raise SpecError(f"cannot read spec '{path}': {e.strerror or e}") from None
-        return self.load_text(text, _display(path), path.parent)
+            text = data.decode("utf-8-sig")  # UTF-8, a byte-order mark allowed
+        except UnicodeDecodeError as e:
+            self.sources.add(name, data.decode("utf-8", errors="replace"))
+            line = data.count(b"\n", 0, e.start) + 1
+            col = len(data[data.rfind(b"\n", 0, e.start) + 1:e.start].decode("utf-8", errors="replace")) + 1
+            raise SpecError(f"byte 0x{data[e.start]:02x} is not UTF-8", Span(name, line, col, line, col + 1),
+                            ["expected a text file in UTF-8"]) from None
+        return self.load_text(text, name, path.parent)
 
     def load_text(self, text: str, name: str, base_dir: Path) -> list[str]:
         self.sources.add(name, text)
@@ -135,15 +165,21 @@ class Loader:
 
     def _use(self, use: Use, base_dir: Path) -> None:
         target = (base_dir / use.path)
-        if not target.is_file():
+        try:
+            found = target.exists()
+            key = target.resolve()
+        except OSError as e:
+            raise SpecError(f"cannot read '{_short(use.path)}': {e.strerror or e}", use.span) from None
+        if not found:
             here = sorted(p.name for p in base_dir.glob("*.vg")) if base_dir.is_dir() else []
             raise SpecError(f"cannot find '{use.path}'" + suggestion(Path(use.path).name, here), use.span,
                             [f"looked in {_display(base_dir) or '.'}/"])
-        key = target.resolve()
         if key in self._seen:
             return
         self._seen.add(key)
-        self.load_file(target)
+        if sum(len(t) for t in self.texts.values()) > MAX_SPEC_BYTES:
+            raise SpecError(f"the specs `use`d here add up to more than {MAX_SPEC_BYTES // 1024} KiB", use.span)
+        self.load_file(target, use.span)
 
 
 def resolve_params(loader: Loader, overrides: Mapping[str, Any]) -> Env:
@@ -431,7 +467,7 @@ class Builder:
         total = 0
         for s in layers:
             if s.word in STRUCTURES:
-                a = match(s, structure_schemas()[s.word], self.env)
+                a = self._structure_args(s)
                 if "drop-path" not in a:
                     total += a.get("depth", 0)
         rate = dp["rate"]
@@ -462,8 +498,15 @@ class Builder:
         self.counters[name] = k + n
         return k
 
-    def _structure(self, s: Stmt, x: int) -> int:
+    def _structure_args(self, s: Stmt) -> Matched:
         args = match(s, structure_schemas()[s.word], self.env)
+        if args.get("depth", 0) > MAX_BLOCKS:
+            raise SpecError(f"'{s.word}' repeats its body {args['depth']} times; at most {MAX_BLOCKS}",
+                            args.spans.get("depth", s.span))
+        return args
+
+    def _structure(self, s: Stmt, x: int) -> int:
+        args = self._structure_args(s)
         xt = self.g.node(x).out
         if xt.rank != 3:
             raise SpecError(f"'{s.word}' needs tokens, but the image has not been cut into patches yet", s.word_span,
@@ -609,7 +652,11 @@ def _load(loader: Loader, spec: str | Path, model: str | None, overrides: Mappin
         path = "<spec>"
     else:
         p = Path(spec)
-        if not p.is_file():
+        try:
+            exists = p.exists()
+        except OSError as e:
+            raise SpecError(f"cannot read spec '{_short(spec)}': {e.strerror or e}") from None
+        if not exists:
             near = did_you_mean(p.name, [q.name for q in p.parent.glob("*.vg")]) if p.parent.is_dir() else None
             raise SpecError(f"no such spec file '{spec}'" + (f"; did you mean '{p.parent / near}'?" if near else ""))
         loader._seen.add(p.resolve())
@@ -618,7 +665,7 @@ def _load(loader: Loader, spec: str | Path, model: str | None, overrides: Mappin
     env = resolve_params(loader, overrides)
     if model is None:
         if not own:
-            raise SpecError("the spec defines no model", None, ["expected `model NAME { ... }`"], where=path)
+            raise SpecError("the spec defines no model", Span(path, 1, 1, 1, 1), ["expected `model NAME { ... }`"])
         stem = Path(path).stem
         model = stem if stem in own else own[-1]
     stmts = flatten(loader, model, None)
