@@ -4,9 +4,8 @@
 lowered (`blocks.0.attn/q/MatMul`), keeps the initializers, and shares small integer
 constants (shapes, axes, masks, pooling matrices) by value. `Weights` is the state dict
 as numpy arrays, checked against the graph's parameter and buffer tables (THE CONTRACT,
-vitgraph/ops.py),
-with the contract's initialisation when no state dict is given; it records which keys
-the lowering read, so a forgotten parameter is a bug caught at export.
+vitgraph/ops/), drawn from the graph's init policy when no state dict is given; it
+records which keys the lowering read, so a forgotten parameter is a bug caught at export.
 """
 from __future__ import annotations
 
@@ -19,8 +18,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from vitgraph.diagnostics import UserError
-from vitgraph.ir import Graph, Op
-from vitgraph.ops import buffer_table, node_params, param_table
+from vitgraph.ir import Graph
+from vitgraph.ops import buffer_table, param_table
 
 OPSET = 17          # LayerNormalization arrived in opset 17
 MS_DOMAIN = "com.microsoft"
@@ -80,13 +79,20 @@ class OnnxGraph:
 
     # -- nodes ------------------------------------------------------------------------------
     def _node_name(self, op_type: str) -> str:
-        base = "/".join(self._scope + [op_type])
+        return self.fresh_name("/".join(self._scope + [op_type]))
+
+    def fresh_name(self, base: str) -> str:
+        """`base`, or `base_k` for the first k no node has; taken from now on."""
         name, k = base, 1
         while name in self._names:
             name = f"{base}_{k}"
             k += 1
         self._names.add(name)
         return name
+
+    def release_name(self, name: str) -> None:
+        """A pass removed the node of that name: the name may be given again."""
+        self._names.discard(name)
 
     def op(self, op_type: str, *inputs: str, out: str | None = None, domain: str = "", **attrs: Any) -> str:
         """Append one single-output node; return its output value's name."""
@@ -145,45 +151,12 @@ def _to_numpy(value: Any) -> np.ndarray:
     return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
 
 
-def _trunc_normal(rng: np.random.Generator, shape: tuple[int, ...], std: float = 0.02) -> np.ndarray:
-    """Normal(0, std) truncated to [-2 std, 2 std] (resampling outside), as timm's init."""
-    out = rng.standard_normal(size=shape, dtype=np.float32)
-    bad = np.abs(out) > 2
-    while bad.any():
-        out[bad] = rng.standard_normal(size=int(bad.sum()), dtype=np.float32)
-        bad = np.abs(out) > 2
-    return out * np.float32(std)
-
-
 def initial_state(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """The contract's initialisation (timm-like), deterministic in `seed`: weights of rank
-    >= 2 (linear, conv, position embedding, cls/dist tokens) trunc_normal(.02); norm
-    weights 1; RPReLU slopes 0.25; alpha 0.005; LSA temperature hd^-0.5; affine scales
-    their `init` attr (pool branches 0); BatchNorm running_var 1; everything else 0."""
-    rng = np.random.default_rng(seed)
-    state: dict[str, np.ndarray] = {}
-    for node in graph:
-        for key, shape in node_params(graph, node).items():
-            leaf = key.rsplit(".", 1)[-1]
-            if len(shape) >= 2:
-                value = _trunc_normal(rng, shape)
-            elif leaf == "weight":
-                value = np.ones(shape)
-            elif leaf == "slope":
-                value = np.full(shape, 0.25)
-            elif leaf == "alpha":
-                value = np.full(shape, 0.005)
-            elif leaf == "temperature":
-                head_dim = node.attr("head_dim") or graph.inputs(node)[0].out.dim // node.attr("heads")
-                value = np.full(shape, head_dim ** -0.5)
-            elif leaf == "scale" and node.op is Op.AFFINE:
-                value = np.full(shape, float(node.attr("init")))
-            else:
-                value = np.zeros(shape)
-            state[key] = value
-    for key, shape in buffer_table(graph).items():
-        state[key] = np.ones(shape) if key.endswith("running_var") else np.zeros(shape)
-    return state
+    """The graph's init policy (vitgraph/init.py: the same draws as the torch backend's
+    with that seed) as numpy arrays."""
+    from vitgraph import init
+
+    return {k: v.numpy() for k, v in init.initial_state(graph, seed).items()}
 
 
 class Weights:
@@ -232,18 +205,3 @@ class Weights:
 
 def _few(keys: list[str]) -> str:
     return "[" + ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "") + "]"
-
-
-def binary_linear(w: np.ndarray) -> np.ndarray:
-    """BinaryViT's eval-mode linear weight (out, in): sign of the row-centred W times the
-    per-row mean |W| of the uncentred W."""
-    w = w.astype(np.float64)
-    return np.sign(w - w.mean(axis=1, keepdims=True)) * np.abs(w).mean(axis=1, keepdims=True)
-
-
-def binary_conv(w: np.ndarray) -> np.ndarray:
-    """BinaryViT's eval-mode conv weight (out, in, kh, kw): sign(W) times the
-    per-output-channel mean |W|, no centring."""
-    w = w.astype(np.float64)
-    return np.sign(w) * np.abs(w).mean(axis=(1, 2, 3), keepdims=True)
-

@@ -10,6 +10,8 @@ modeling_qvit_extra_res_pyramid.py).
 * attention probabilities: round(p / alpha).clamp(0, 1) * alpha with a learnable alpha
   and BiT's gradient;
 * the binary linear unit (BLU): RPReLU(BN(BinLinear(x + move)) + shortcut(x)).
+
+Parameters are created empty: the model's init policy fills them (vitgraph/init.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vitgraph.ops import BATCHNORM_EPS
 
 
 class ApproxSign(torch.autograd.Function):
@@ -86,9 +90,9 @@ class RPReLU(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.shift_in = nn.Parameter(torch.zeros(dim))
-        self.slope = nn.Parameter(torch.full((dim,), 0.25))
-        self.shift_out = nn.Parameter(torch.zeros(dim))
+        self.shift_in = nn.Parameter(torch.empty(dim))
+        self.slope = nn.Parameter(torch.empty(dim))
+        self.shift_out = nn.Parameter(torch.empty(dim))
 
     def forward(self, x: Tensor) -> Tensor:
         y = x - self.shift_in
@@ -103,20 +107,16 @@ class TokenBatchNorm(nn.BatchNorm1d):
         return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
-def trunc_normal_(t: Tensor, std: float = 0.02) -> Tensor:
-    return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
-
-
 class BLU(nn.Module):
     """Binary linear unit at prefix P: act(norm(lin(x + move)) + shortcut). Keys P.move,
     P.weight, P.bias, P.norm.*, P.act.* (see vitgraph/ops.py)."""
 
     def __init__(self, fin: int, fout: int, bias: bool, binary: frozenset[str]) -> None:
         super().__init__()
-        self.move = nn.Parameter(torch.zeros(fin))
-        self.weight = nn.Parameter(trunc_normal_(torch.empty(fout, fin)))
-        self.bias = nn.Parameter(torch.zeros(fout)) if bias else None
-        self.norm = TokenBatchNorm(fout, eps=1e-5)
+        self.move = nn.Parameter(torch.empty(fin))
+        self.weight = nn.Parameter(torch.empty(fout, fin))
+        self.bias = nn.Parameter(torch.empty(fout)) if bias else None
+        self.norm = TokenBatchNorm(fout, eps=BATCHNORM_EPS)
         self.act = RPReLU(fout)
         self.binary_weights = "weights" in binary
         self.binary_inputs = "activations" in binary

@@ -1,6 +1,7 @@
-"""The torch modules of the IR ops, one class per op (form), following THE CONTRACT in
-vitgraph/ops.py: every class owns exactly the state-dict keys that ops.py lists under the
-node's name.
+"""The torch modules of the op units (vitgraph/ops/), one class per op (form), each
+registered for its op with `module_for`: every class owns exactly the state-dict keys
+that its op unit lists under the node's name (THE CONTRACT), and reads its attributes
+from the node's typed `attrs`.
 
 Papers: DeiT (Touvron et al. 2020) for the plain blocks; "Vision Transformer for
 Small-Size Datasets" (Lee, Lee, Song 2021) for SPT and LSA; PiT (Heo et al. 2021) for the
@@ -9,33 +10,37 @@ affine residuals and merging transitions.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitgraph.ir import Node, TensorType
+from vitgraph.ops import BATCHNORM_EPS
+from vitgraph.ops import attention as A
+from vitgraph.ops import affine, downsample, drop_path, mlp, norm, patchify, pool_branches, shift_tokenize
+from vitgraph.ops import slice as slice_op
 
-from ._torch_binary import (BLU, RPReLU, TokenBatchNorm, approx_sign, binary_conv_weight, quantize_probs,
-                            trunc_normal_)
+from ._torch_binary import BLU, RPReLU, TokenBatchNorm, approx_sign, binary_conv_weight, quantize_probs
+from ._torch_registry import lowering_for, module_for
 
 
 # -- helpers ------------------------------------------------------------------------------
+# Modules are built on the meta device and their parameters drawn afterwards from the
+# model's init policy (vitgraph/init.py), so no layer initialises itself.
 def linear(fin: int, fout: int, bias: bool = True) -> nn.Linear:
-    """nn.Linear with timm's init: trunc_normal(std .02) weights, zero bias."""
-    layer = nn.Linear(fin, fout, bias=bias)
-    trunc_normal_(layer.weight)
-    if bias:
-        nn.init.zeros_(layer.bias)
-    return layer
+    return nn.Linear(fin, fout, bias=bias)
 
 
 def conv(cin: int, cout: int, k: int, stride: int, padding: int = 0, groups: int = 1,
          bias: bool = True) -> nn.Conv2d:
-    layer = nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=bias)
-    trunc_normal_(layer.weight)
-    if bias:
-        nn.init.zeros_(layer.bias)
-    return layer
+    return nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=bias)
+
+
+@module_for(norm.Norm)
+def token_norm_module(node: Node, ins: list[TensorType]) -> nn.Module:
+    return token_norm(node.attrs.kind, ins[0].dim, node.attrs.eps)
 
 
 def token_norm(kind: str, dim: int, eps: float) -> nn.Module:
@@ -72,16 +77,16 @@ def shifted_patches(x: Tensor, patch: int) -> Tensor:
     return x5.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c5)
 
 
-# -- PATCHIFY ------------------------------------------------------------------------------
+# -- patch embeddings --------------------------------------------------------------------------
+@module_for(patchify.Patchify)
 class PatchEmbed(nn.Module):
     """Conv patch embedding (DeiT) or conv stem + norm (BinaryViT); binary when the stem is."""
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
-        c, p, d = int(ins[0].shape[1]), node.attr("patch"), node.attr("dim")
-        self.proj = conv(c, d, p, p, bias=bool(node.attr("bias")))
-        kind = node.attr("norm")
-        self.norm = None if kind == "none" else token_norm(kind, d, node.attr("eps"))
+        a, c = node.attrs, int(ins[0].shape[1])
+        self.proj = conv(c, a.dim, a.patch, a.patch, bias=a.bias)
+        self.norm = None if a.norm == "none" else token_norm(a.norm, a.dim, a.eps)
         self.binary_weights = "weights" in node.binary
         self.binary_inputs = "activations" in node.binary
 
@@ -93,54 +98,55 @@ class PatchEmbed(nn.Module):
         return x if self.norm is None else self.norm(x)
 
 
-# -- SHIFT_TOKENIZE ------------------------------------------------------------------------
+@module_for(shift_tokenize.ShiftTokenize)
 class ShiftedPatchTokenize(nn.Module):
     """SPT: shifted patches -> LayerNorm(5Cp^2) -> Linear(5Cp^2, D)."""
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
-        c, p, d = int(ins[0].shape[1]), node.attr("patch"), node.attr("dim")
-        self.patch = p
-        self.norm = nn.LayerNorm(5 * c * p * p, eps=node.attr("eps", 1e-5))
-        self.proj = linear(5 * c * p * p, d)
+        a = node.attrs
+        f = shift_tokenize.spt_features(int(ins[0].shape[1]), a.patch)
+        self.patch = a.patch
+        self.norm = nn.LayerNorm(f, eps=a.eps)
+        self.proj = linear(f, a.dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.norm(shifted_patches(x, self.patch)))  # (B, N, D)
 
 
-# -- ATTENTION -------------------------------------------------------------------------------
-def attention_dims(node: Node, dim: int) -> tuple[int, int]:
-    heads = node.attr("heads")
-    head_dim = node.attr("head_dim") or dim // heads
-    return heads, head_dim
+# -- attention -------------------------------------------------------------------------------
+@module_for(A.Attention)
+def attention_module(node: Node, ins: list[TensorType]) -> nn.Module:
+    return BinaryAttention(node, ins) if node.binary else Attention(node, ins)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention (timm layout); LSA adds a learnable per-head temperature
-    in place of the scale and masks each token's score with itself."""
+    in place of the scale and masks each token's score with itself (the `offdiag`
+    constant of the op unit). With `queries` set, only the first queries are computed."""
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
-        d, n = ins[0].dim, ins[0].tokens
-        self.heads, self.head_dim = attention_dims(node, d)
-        inner = self.heads * self.head_dim
-        self.qkv = linear(d, 3 * inner, bias=bool(node.attr("qkv_bias")))
-        self.proj = linear(inner, d)
-        self.lsa = bool(node.attr("lsa"))
+        a, d = node.attrs, ins[0].dim
+        self.heads, self.head_dim, self.queries = a.heads, a.head_dim, a.queries
+        self.qkv = linear(d, 3 * a.inner, bias=a.qkv_bias)
+        self.proj = linear(a.inner, d)
+        self.lsa = a.lsa
         if self.lsa:
-            self.temperature = nn.Parameter(torch.full((self.heads,), self.head_dim ** -0.5))
-            self.register_buffer("offdiag", ~torch.eye(n, dtype=torch.bool), persistent=False)
+            self.temperature = nn.Parameter(torch.empty(self.heads))
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
+        if self.queries is not None:
+            q = q[:, :, :self.queries]  # (B, H, M, hd)
         if self.lsa:
             q = q * self.temperature.to(q.dtype).view(1, -1, 1, 1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.offdiag, scale=1.0)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, -1))  # (B, N, I) -> (B, N, D)
+        return self.proj(out.transpose(1, 2).reshape(b, q.shape[2], -1))  # (B, M, I) -> (B, M, D)
 
 
 class BinaryAttention(nn.Module):
@@ -150,24 +156,23 @@ class BinaryAttention(nn.Module):
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
-        x, binary = ins[0], node.binary
+        a, x, binary = node.attrs, ins[0], node.binary
         d = x.dim
-        self.heads, self.head_dim = attention_dims(node, d)
+        self.heads, self.head_dim = a.heads, a.head_dim
         self.grid = x.grid
-        self.r = node.attr("reduce")
-        bias = bool(node.attr("qkv_bias"))
-        self.q = BLU(d, d, bias, binary)
-        self.k = BLU(d, d, bias, binary)
-        self.v = BLU(d, d, bias, binary)
+        self.r = a.reduce
+        self.q = BLU(d, d, a.qkv_bias, binary)
+        self.k = BLU(d, d, a.qkv_bias, binary)
+        self.v = BLU(d, d, a.qkv_bias, binary)
         if self.r > 1:
-            self.reduce = BLU(d, d, bias, binary)
-        self.q_shift = nn.Parameter(torch.zeros(d))
-        self.k_shift = nn.Parameter(torch.zeros(d))
-        self.v_shift = nn.Parameter(torch.zeros(d))
+            self.reduce = BLU(d, d, a.qkv_bias, binary)
+        self.q_shift = nn.Parameter(torch.empty(d))
+        self.k_shift = nn.Parameter(torch.empty(d))
+        self.v_shift = nn.Parameter(torch.empty(d))
         self.binary_attention = "attention" in binary
         if self.binary_attention:
-            self.alpha = nn.Parameter(torch.full((1,), 0.005))
-        self.context_norm = TokenBatchNorm(d, eps=1e-5)
+            self.alpha = nn.Parameter(torch.empty(1))
+        self.context_norm = TokenBatchNorm(d, eps=BATCHNORM_EPS)
         self.context_act = RPReLU(d)
         self.proj = BLU(d, d, False, binary)
 
@@ -208,12 +213,17 @@ class BinaryAttention(nn.Module):
 
 
 # -- MLP -----------------------------------------------------------------------------------
+@module_for(mlp.Mlp)
+def mlp_module(node: Node, ins: list[TensorType]) -> nn.Module:
+    return BinaryMlp(node, ins) if node.binary else Mlp(node, ins)
+
+
 class Mlp(nn.Module):
     """fc1 -> GELU (erf) -> fc2."""
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
-        d, h = ins[0].dim, node.attr("hidden")
+        d, h = ins[0].dim, node.attrs.hidden
         self.fc1 = linear(d, h)
         self.fc2 = linear(h, d)
 
@@ -227,7 +237,7 @@ class BinaryMlp(nn.Module):
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
-        d, h = ins[0].dim, node.attr("hidden")
+        d, h = ins[0].dim, node.attrs.hidden
         self.ratio = h // d
         self.fc1 = BLU(d, h, False, node.binary)
         self.fc2 = BLU(h, d, False, node.binary)
@@ -238,19 +248,25 @@ class BinaryMlp(nn.Module):
         return self.fc2(h, h.reshape(b, n, -1, self.ratio).mean(-1))  # (B, N, D)
 
 
-# -- POOL_BRANCHES, AFFINE, DROP_PATH ---------------------------------------------------------
+# -- pool branches, affine, drop-path ---------------------------------------------------------
 class Affine(nn.Module):
     """Per-channel x * scale + shift."""
 
-    def __init__(self, dim: int, scale: float) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.full((dim,), float(scale)))
-        self.shift = nn.Parameter(torch.zeros(dim))
+        self.scale = nn.Parameter(torch.empty(dim))
+        self.shift = nn.Parameter(torch.empty(dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale + self.shift
 
 
+@module_for(affine.Affine)
+def affine_module(node: Node, ins: list[TensorType]) -> nn.Module:
+    return Affine(ins[0].dim)
+
+
+@module_for(pool_branches.PoolBranches)
 class PoolBranches(nn.Module):
     """Sum over kernels of affine(AvgPool2d_k(x)), stride 1, same padding, on the grid."""
 
@@ -258,8 +274,8 @@ class PoolBranches(nn.Module):
         super().__init__()
         d = ins[0].dim
         self.grid = ins[0].grid
-        self.kernels = [tuple(k) for k in node.attr("kernels")]
-        self.branches = nn.ModuleList(Affine(d, 0.0) for _ in self.kernels)
+        self.kernels = list(node.attrs.kernels)
+        self.branches = nn.ModuleList(Affine(d) for _ in self.kernels)
 
     def forward(self, x: Tensor) -> Tensor:
         g = to_grid(x, self.grid)  # (B, D, gh, gw)
@@ -271,12 +287,13 @@ class PoolBranches(nn.Module):
         return to_tokens(out)
 
 
+@module_for(drop_path.DropPath)
 class DropPath(nn.Module):
     """Stochastic depth: per-sample keep mask scaled by 1/keep in training, identity in eval."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
-        self.rate = float(rate)
+        self.rate = float(node.attrs.rate)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.rate == 0.0:
@@ -286,41 +303,64 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-# -- DOWNSAMPLE ------------------------------------------------------------------------------
-class PitDownsample(nn.Module):
-    """PiT pooling: prefix tokens through Linear, patch tokens through a stride-2
-    depthwise 3x3 conv."""
+# -- stage transitions ------------------------------------------------------------------------
+class PrefixLinear(nn.Module):
+    """Class tokens through their own Linear (`fc`, created last, after the patch path's
+    layers) beside a transition of the patch tokens."""
+
+    def __init__(self, x: TensorType) -> None:
+        super().__init__()
+        self.grid, self.prefix = x.grid, x.prefix
+
+    def prefix_linear(self, x: TensorType, d2: int) -> None:
+        if self.prefix:
+            self.fc = linear(x.dim, d2)
+
+    def patches(self, x: Tensor) -> Tensor:
+        return x[:, self.prefix:]
+
+    def join(self, x: Tensor, patches: Tensor) -> Tensor:
+        if not self.prefix:
+            return patches
+        return torch.cat([self.fc(x[:, :self.prefix]), patches], dim=1)  # (B, P + N/4, D2)
+
+
+@module_for(downsample.PitPool)
+class PitDownsample(PrefixLinear):
+    """PiT pooling: patch tokens through a stride-2 depthwise 3x3 conv (and a 1x1 pointwise
+    conv in the small-datasets paper's form)."""
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
-        super().__init__()
-        x, d2 = ins[0], node.attr("dim")
-        self.grid, self.prefix = x.grid, x.prefix
+        super().__init__(ins[0])
+        x, d2 = ins[0], node.attrs.dim
         self.conv = conv(x.dim, d2, 3, 2, 1, groups=x.dim)
-        self.fc = linear(x.dim, d2)
+        self.pointwise = conv(d2, d2, 1, 1) if node.attrs.pointwise else None
+        self.prefix_linear(x, d2)
 
     def forward(self, x: Tensor) -> Tensor:
-        prefix, patches = x[:, :self.prefix], x[:, self.prefix:]
-        patches = to_tokens(self.conv(to_grid(patches, self.grid)))  # (B, N/4, D2)
-        return torch.cat([self.fc(prefix), patches], dim=1)
+        g = self.conv(to_grid(self.patches(x), self.grid))  # (B, D2, gh/2, gw/2)
+        if self.pointwise is not None:
+            g = self.pointwise(g)
+        return self.join(x, to_tokens(g))
 
 
-class SptDownsample(nn.Module):
-    """SPT merging (patch 2, shift 1) on the patch tokens; prefix tokens through Linear."""
+@module_for(downsample.SptMerge)
+class SptDownsample(PrefixLinear):
+    """SPT merging (patch 2, shift 1) on the patch tokens."""
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
-        super().__init__()
-        x, d2 = ins[0], node.attr("dim")
-        self.grid, self.prefix = x.grid, x.prefix
-        self.norm = nn.LayerNorm(20 * x.dim, eps=1e-5)
-        self.proj = linear(20 * x.dim, d2)
-        self.fc = linear(x.dim, d2)
+        super().__init__(ins[0])
+        f = shift_tokenize.spt_features(ins[0].dim, 2)
+        self.norm = nn.LayerNorm(f, eps=node.attrs.eps)
+        self.proj = linear(f, node.attrs.dim)
+        self.prefix_linear(ins[0], node.attrs.dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        prefix, patches = x[:, :self.prefix], x[:, self.prefix:]
-        patches = self.proj(self.norm(shifted_patches(to_grid(patches, self.grid), 2)))  # (B, N/4, D2)
-        return torch.cat([self.fc(prefix), patches], dim=1)
+        patches = self.proj(self.norm(shifted_patches(to_grid(self.patches(x), self.grid), 2)))  # (B, N/4, D2)
+        return self.join(x, patches)
 
 
+@module_for(downsample.Merge)
 class MergeDownsample(nn.Module):
     """BinaryViT's stage transition: BN -> 2x2 stride-2 conv -> BN. Binary: the conv reads
     sign(y + move) with binary weights, plus an AvgPool(2) shortcut with repeated
@@ -328,13 +368,13 @@ class MergeDownsample(nn.Module):
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
-        x, d2 = ins[0], node.attr("dim")
+        x, d2, eps = ins[0], node.attrs.dim, node.attrs.eps
         self.grid, self.binary = x.grid, node.binary
-        self.norm0 = TokenBatchNorm(x.dim, eps=1e-5)
+        self.norm0 = TokenBatchNorm(x.dim, eps=eps)
         if self.binary:
-            self.move = nn.Parameter(torch.zeros(x.dim))
+            self.move = nn.Parameter(torch.empty(x.dim))
         self.conv = conv(x.dim, d2, 2, 2, bias=False)
-        self.norm = TokenBatchNorm(d2, eps=1e-5)
+        self.norm = TokenBatchNorm(d2, eps=eps)
         if self.binary:
             self.act = RPReLU(d2)
         self.repeat = d2 // x.dim
@@ -351,3 +391,22 @@ class MergeDownsample(nn.Module):
         w = binary_conv_weight(self.conv.weight) if "weights" in self.binary else self.conv.weight
         z = to_tokens(F.conv2d(h, w, stride=2))  # (B, N/4, D2)
         return self.act(self.norm(z) + shortcut)
+
+
+# -- token ranges ---------------------------------------------------------------------------
+def token_range(start: int, stop: int | None, x: Tensor) -> Tensor:
+    return x[:, start:stop]  # (B, stop - start, D)
+
+
+def join_tokens(*xs: Tensor) -> Tensor:
+    return torch.cat(xs, dim=1)
+
+
+@lowering_for(slice_op.Slice)
+def _slice(gm: object, node: Node, ins: list[TensorType]) -> object:
+    return functools.partial(token_range, node.attrs.start, node.attrs.stop)
+
+
+@lowering_for(slice_op.Concat)
+def _concat(gm: object, node: Node, ins: list[TensorType]) -> object:
+    return join_tokens

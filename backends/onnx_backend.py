@@ -1,23 +1,27 @@
 """The ONNX backend: a checked vitgraph IR -> an onnx.ModelProto for onnxruntime on the CPU.
 
-The IR is lowered straight to ONNX nodes with onnx.helper (backends/_onnx_lower.py,
-backends/_onnx_binary.py), not by tracing the torch module: opset 17, a symbolic batch
-axis, ONNX node names that start with the IR node's name and initializers named by the
-state-dict keys (THE CONTRACT in vitgraph/ops.py; folded ones carry the suffix
-":folded"). Eval-mode semantics: drop-path is the identity, BatchNorm uses its running
-statistics, a distilled DeiT averages its two heads' logits (Touvron et al. 2020), and
-BinaryViT's binary layers (Le & Li 2023) are folded to +-scale weights and Sign.
+The IR is lowered straight to ONNX nodes with onnx.helper, not by tracing the torch
+module: first the inference passes over the IR (vitgraph/passes/: dead-token
+elimination), then one standard form per op unit (backends/_onnx_lower.py,
+backends/_onnx_binary.py), then the passes over the ONNX graph (backends/onnx_passes/:
+constant and BatchNorm folding, onnxruntime's fusions). Opset 17, a symbolic batch axis,
+ONNX node names that start with the IR node's name and initializers named by the
+state-dict keys (THE CONTRACT in vitgraph/ops/; folded ones carry the suffix ":folded").
+Eval-mode semantics: drop-path is the identity, BatchNorm uses its running statistics, a
+distilled DeiT averages its two heads' logits (Touvron et al. 2020), and BinaryViT's
+binary layers (Le & Li 2023) become +-scale weights and Sign.
 
     model = vitgraph.to_onnx(graph, state_dict)      # state_dict: torch tensors or numpy
     session = make_session(model)                    # tuned onnxruntime CPU session
     logits = session.run(None, {"input": images})[0]
 
-With `fused=True` (the default for float32), full-precision attention is emitted as
+With `fused=True` (the default for float32), full-precision attention becomes
 onnxruntime's com.microsoft.Attention kernel (QKV projection and attention in one node;
 MultiHeadAttention where only the class tokens' queries are live) and the MLP's bias +
-GELU as com.microsoft.BiasGelu; `fused=False` gives standard ONNX ops only, for other
+GELU com.microsoft.BiasGelu; `fused=False` keeps standard ONNX ops only, for other
 runtimes and for float64. Either way, after the last attention of a cls/distill-head
-model only the tokens the head reads are computed (the logits are unchanged).
+model only the tokens the head reads are computed (the logits are unchanged). What each
+pass changed is in the model's metadata ("passes").
 """
 from __future__ import annotations
 
@@ -37,8 +41,11 @@ from vitgraph.diagnostics import UserError
 from vitgraph.fileio import write_atomic
 from vitgraph.ir import Graph
 
+from vitgraph.passes import run_inference
+
 from ._onnx_graph import OPSET, OnnxGraph, Weights
 from ._onnx_lower import lower
+from .onnx_passes import FUSED, STANDARD, Export, run_passes
 
 # onnxruntime fusions whose CPU kernels measured slower than what they replace: its
 # SkipLayerNormalization took ~5x the time of the Add + LayerNormalization it fuses
@@ -69,11 +76,13 @@ def to_onnx(graph: Graph, state_dict: Mapping[str, Any] | None = None, *, mean: 
     if len(names) != graph.classes:
         raise UserError(f"{len(names)} class names for a model with {graph.classes} classes")
     weights = Weights(graph, state_dict, seed)
+    inference, report = run_inference(graph)
     g = OnnxGraph(dt)
-    values = lower(graph, g, weights, fused)
+    values = lower(inference, g, weights).values
     unread = weights.unread()
     if unread:
         raise RuntimeError(f"ONNX backend bug: parameters not lowered: {unread[:5]}")
+    report += run_passes(Export(g, inference, values), FUSED if fused else STANDARD)
     c, h, w = graph.image
     inputs = [helper.make_tensor_value_info("input", g.elem_type, ["batch", c, h, w])]
     outputs = [helper.make_tensor_value_info("logits", g.elem_type, ["batch", graph.classes])]
@@ -81,8 +90,11 @@ def to_onnx(graph: Graph, state_dict: Mapping[str, Any] | None = None, *, mean: 
     metadata = _metadata(graph, mean, std, names, fused, dt)
     # IR node name -> the ONNX value of its output; for values that hold only the leading
     # tokens that the head reads (dead-token elimination), how many
-    metadata["ir_values"] = json.dumps({name: v for name, (v, _) in values.items()})
-    metadata["ir_values_pruned"] = json.dumps({name: k for name, (_, k) in values.items() if k is not None})
+    metadata["ir_values"] = json.dumps(values)
+    trained = {n.name: n.out for n in graph}
+    metadata["ir_values_pruned"] = json.dumps({n.name: n.out.tokens for n in inference if n.name in trained
+                                               and n.out.rank == 3 and n.out.tokens < trained[n.name].tokens})
+    metadata["passes"] = json.dumps(report)
     return g.model(inputs, outputs, graph.name, metadata, doc)
 
 
@@ -223,7 +235,12 @@ def summary(graph: Graph, model: onnx.ModelProto, path: Path) -> str:
         f"  output logits[batch, {graph.classes}]",
         f"  params {total.params / 1e6:.2f}M ({total.binary_params / 1e6:.2f}M binary); weights "
         f"{fp_bytes / 2**20:.2f} MiB as float32, {packed / 2**20:.2f} MiB bit-packed",
-    ])
+    ] + [f"  pass   {line}" for line in _passes(model)])
+
+
+def _passes(model: onnx.ModelProto) -> list[str]:
+    meta = {p.key: p.value for p in model.metadata_props}
+    return json.loads(meta.get("passes", "[]"))
 
 
 def build_command(graph: Graph, args: argparse.Namespace) -> int:

@@ -11,9 +11,10 @@ vitgraph's metadata) and DeiT/timm ones (a dict with a "model" key, or a bare st
 resampling position embeddings bicubically over the patch grid when the token grid differs;
 `build_command` implements `vitgraph build [SPEC] --backend torch [-o OUT.pt|OUT.safetensors]`.
 
-The forward pass runs the graph's nodes in their stable topological order; the op
-modules live in backends/_torch_layers.py (full precision) and backends/_torch_binary.py
-(BinaryViT's binarization).
+The forward pass runs the graph's nodes in their stable topological order; each op unit's
+lowering is registered in backends/_torch_registry.py's table: the modules live in
+backends/_torch_layers.py (full precision) and backends/_torch_binary.py (BinaryViT's
+binarization); the ops with checkpoint-fixed names are lowered here.
 """
 from __future__ import annotations
 
@@ -32,49 +33,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import vitgraph
+from vitgraph import init as initialisation
 from vitgraph.diagnostics import UserError
 from vitgraph.fileio import write_atomic
-from vitgraph.ir import Graph, Node, Op, TensorType
+from vitgraph.ir import Graph, Node, TensorType
 from vitgraph.ops import input_types
+from vitgraph.ops.add import Add
+from vitgraph.ops.head import Head, dist_name
+from vitgraph.ops.input import Input
+from vitgraph.ops.pos_embed import PosEmbed
+from vitgraph.ops.tokens import TOKEN_KEYS, Tokens
 
-from . import _torch_layers as L
-from ._torch_binary import trunc_normal_
-
-Builder = Callable[[Node, list[TensorType]], nn.Module]
-
-
-def _attention(node: Node, ins: list[TensorType]) -> nn.Module:
-    return L.BinaryAttention(node, ins) if node.binary else L.Attention(node, ins)
-
-
-def _mlp(node: Node, ins: list[TensorType]) -> nn.Module:
-    return L.BinaryMlp(node, ins) if node.binary else L.Mlp(node, ins)
-
-
-def _norm(node: Node, ins: list[TensorType]) -> nn.Module:
-    return L.token_norm(node.attr("kind"), ins[0].dim, node.attr("eps"))
-
-
-def _downsample(node: Node, ins: list[TensorType]) -> nn.Module:
-    kinds = {"pit": L.PitDownsample, "spt": L.SptDownsample, "merge": L.MergeDownsample}
-    return kinds[node.attr("kind")](node, ins)
-
-
-# Ops whose state lives in a module at the node's name. TOKENS, POS_EMBED and HEAD keep
-# their parameters at names fixed by the DeiT checkpoints (cls_token, pos_embed, head,
-# head_dist) and are handled by GraphModule itself; INPUT and ADD have no state.
-MODULE_BUILDERS: dict[Op, Builder] = {
-    Op.PATCHIFY: L.PatchEmbed,
-    Op.SHIFT_TOKENIZE: L.ShiftedPatchTokenize,
-    Op.NORM: _norm,
-    Op.ATTENTION: _attention,
-    Op.MLP: _mlp,
-    Op.POOL_BRANCHES: L.PoolBranches,
-    Op.AFFINE: lambda node, ins: L.Affine(ins[0].dim, node.attr("init")),
-    Op.DROP_PATH: lambda node, ins: L.DropPath(node.attr("rate")),
-    Op.DOWNSAMPLE: _downsample,
-}
-HANDLED_OPS = frozenset(MODULE_BUILDERS) | {Op.INPUT, Op.TOKENS, Op.POS_EMBED, Op.ADD, Op.HEAD}
+from . import _torch_layers  # noqa: F401 - registers the op modules
+from ._torch_registry import TORCH_LOWERINGS, lowering_for
 
 
 class Namespace(nn.Module):
@@ -99,13 +70,23 @@ def _add_parameter(owner: nn.Module, attr: str, x: Tensor) -> Tensor:
     return x + getattr(owner, attr)
 
 
+def _add_buffer(owner: nn.Module, attr: str, x: Tensor) -> Tensor:
+    return x + getattr(owner, attr).to(x.dtype)
+
+
 class GraphModule(nn.Module):
     """The network of one graph. forward(images (B, C, H, W)) -> logits (B, classes); a
     cls+distill head returns (cls_logits, dist_logits) in training mode and their
-    average in eval mode (DeiT)."""
+    average in eval mode (DeiT).
 
-    def __init__(self, graph: Graph) -> None:
+    Built on the meta device (instant, whatever the size), then materialised on `device`
+    and filled: parameters and buffers from the graph's init policy (vitgraph/init.py,
+    with `generator`, or torch's global RNG), constants from the op units."""
+
+    def __init__(self, graph: Graph, device: str | torch.device | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
+        device = torch.get_default_device() if device is None else torch.device(device)
         self.spec_name = graph.name
         self.image = graph.image
         self.classes = graph.classes
@@ -114,12 +95,16 @@ class GraphModule(nn.Module):
         self._output_id = graph.output.id
         self._program: list[tuple[Callable[..., Any], tuple[int, ...], int, tuple[int, ...]]] = []
         last_use = {i: node.id for node in nodes for i in node.inputs}
-        for node in nodes:
-            if node.op is Op.INPUT:
-                continue
-            fn = self._build(node, input_types(graph, node))
-            free = tuple(i for i in dict.fromkeys(node.inputs) if last_use[i] == node.id)
-            self._program.append((fn, node.inputs, node.id, free))
+        with torch.device("meta"):
+            for node in nodes:
+                fn = self._build(node, input_types(graph, node))
+                if node.inputs:
+                    free = tuple(i for i in dict.fromkeys(node.inputs) if last_use[i] == node.id)
+                    self._program.append((fn, node.inputs, node.id, free))
+        if device.type != "meta":
+            self.to_empty(device=device)
+            initialisation.initialize(self.state_dict(keep_vars=True), graph, generator)
+        self._constants(graph, nodes, device)
 
     # -- construction ------------------------------------------------------------------
     def _owner(self, dotted: str) -> tuple[nn.Module, str]:
@@ -134,46 +119,40 @@ class GraphModule(nn.Module):
             owner = child
         return owner, leaf
 
+    def place(self, dotted: str, module: nn.Module) -> nn.Module:
+        owner, leaf = self._owner(dotted)
+        owner.add_module(leaf, module)
+        return module
+
+    def parameter_at(self, dotted: str, shape: tuple[int, ...]) -> tuple[nn.Module, str]:
+        owner, leaf = self._owner(dotted)
+        owner.register_parameter(leaf, nn.Parameter(torch.empty(shape)))
+        return owner, leaf
+
     def _build(self, node: Node, ins: list[TensorType]) -> Callable[..., Any]:
-        if node.op in MODULE_BUILDERS:
-            module = MODULE_BUILDERS[node.op](node, ins)
+        lowering = TORCH_LOWERINGS.get(node.op)
+        if lowering is None:
+            raise NotImplementedError(f"torch backend: no lowering for op {node.op.name}")
+        return lowering(self, node, ins)
+
+    def _constants(self, graph: Graph, nodes: list[Node], device: str | torch.device) -> None:
+        """Each op's constants (masks, index tables) as non-persistent buffers of its module."""
+        for node in nodes:
+            consts = node.op.constants(node, input_types(graph, node))
+            if not consts:
+                continue
             owner, leaf = self._owner(node.name)
-            owner.add_module(leaf, module)
-            return module
-        if node.op is Op.ADD:
-            return _add
-        if node.op is Op.POS_EMBED:
-            owner, leaf = self._owner(node.name)
-            owner.register_parameter(leaf, nn.Parameter(trunc_normal_(torch.zeros(1, ins[0].tokens, ins[0].dim))))
-            return functools.partial(_add_parameter, owner, leaf)
-        if node.op is Op.TOKENS:
-            self.token_names = tuple(node.attr("tokens"))
-            for t in self.token_names:
-                self.register_parameter(f"{'dist' if t == 'distill' else t}_token",
-                                        nn.Parameter(trunc_normal_(torch.zeros(1, 1, ins[0].dim))))
-            return self._prepend_tokens
-        if node.op is Op.HEAD:
-            self.head_kind, self.prefix = node.attr("kind"), ins[0].prefix
-            self.head = L.linear(ins[0].dim, node.attr("classes"))
-            if self.head_kind == "token+distill":
-                self.head_dist = L.linear(ins[0].dim, node.attr("classes"))
-            return self._classify
-        raise NotImplementedError(f"torch backend: no lowering for op {node.op.value}")
+            module = owner._modules.get(leaf, owner)
+            prefix = "" if module is not owner else f"{leaf}_"
+            for name, value in consts.items():
+                module.register_buffer(prefix + name, torch.as_tensor(value, device=device), persistent=False)
 
     # -- the ops with fixed parameter names -------------------------------------------------
     def _prepend_tokens(self, x: Tensor) -> Tensor:
         b = x.shape[0]
-        extra = [self.cls_token if t == "cls" else self.dist_token for t in self.token_names]
+        extra = [getattr(self, TOKEN_KEYS[t]) for t in self.token_names]
         return torch.cat([t.expand(b, -1, -1) for t in extra] + [x], dim=1)  # (B, k + N, D)
 
-    def _classify(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        if self.head_kind == "gap":
-            return self.head(x[:, self.prefix:].mean(1))
-        cls = self.head(x[:, 0])
-        if self.head_kind == "token":
-            return cls
-        dist = self.head_dist(x[:, 1])
-        return (cls, dist) if self.training else (cls + dist) / 2
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:
@@ -185,9 +164,61 @@ class GraphModule(nn.Module):
         return values[self._output_id]
 
 
-def to_torch(graph: Graph) -> GraphModule:
-    """Lower a checked graph to a freshly initialised (timm-like init) nn.Module."""
-    return GraphModule(graph)
+@lowering_for(Input)
+def _input(gm: GraphModule, node: Node, ins: list[TensorType]) -> Callable[..., Any]:
+    return lambda x: x  # never called: the input node is where the program starts
+
+
+@lowering_for(Add)
+def _add_lowering(gm: GraphModule, node: Node, ins: list[TensorType]) -> Callable[..., Any]:
+    return _add
+
+
+@lowering_for(PosEmbed)
+def _pos_embed(gm: GraphModule, node: Node, ins: list[TensorType]) -> Callable[..., Any]:
+    """A learned embedding is a parameter at the node's name (DeiT's `pos_embed`); a fixed
+    table is the op's constant, a buffer of the same name."""
+    if node.attrs.kind == "learned":
+        owner, leaf = gm.parameter_at(node.name, (1, ins[0].tokens, ins[0].dim))
+        return functools.partial(_add_parameter, owner, leaf)
+    owner, leaf = gm._owner(node.name)
+    return functools.partial(_add_buffer, owner, f"{leaf}_table")
+
+
+@lowering_for(Tokens)
+def _tokens(gm: GraphModule, node: Node, ins: list[TensorType]) -> Callable[..., Any]:
+    gm.token_names = tuple(node.attrs.tokens)
+    for t in gm.token_names:
+        gm.parameter_at(TOKEN_KEYS[t], (1, 1, ins[0].dim))
+    return gm._prepend_tokens
+
+
+def _classify(kind: str, prefix: int, head: nn.Module, head_dist: nn.Module | None,
+              x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    if kind == "gap":
+        return head(x[:, prefix:].mean(1))
+    cls = head(x[:, 0])
+    if head_dist is None:
+        return cls
+    dist = head_dist(x[:, 1])
+    return (cls, dist) if head.training else (cls + dist) / 2
+
+
+@lowering_for(Head)
+def _head_lowering(gm: GraphModule, node: Node, ins: list[TensorType]) -> Callable[..., Any]:
+    """The classifier on the cls token, the patch-token average or both DeiT heads."""
+    head = gm.place(node.name, nn.Linear(ins[0].dim, node.attrs.classes))
+    dist = gm.place(dist_name(node), nn.Linear(ins[0].dim, node.attrs.classes)) \
+        if node.attrs.kind == "token+distill" else None
+    return functools.partial(_classify, node.attrs.kind, ins[0].prefix, head, dist)
+
+
+def to_torch(graph: Graph, device: str | torch.device | None = None,
+             generator: torch.Generator | None = None) -> GraphModule:
+    """Lower a checked graph to a freshly initialised nn.Module (the graph's init policy),
+    on `device` (default: torch's default device; on "meta" it is built without memory,
+    instantly)."""
+    return GraphModule(graph, device, generator)
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -316,7 +347,7 @@ def load_weights(module: nn.Module, graph: Graph,
         raise UserError(f"{where} does not fit {graph.name}: " + "; ".join(parts),
                         hint="was the checkpoint written for another spec or --set overrides?")
     notes: list[str] = []
-    pos_nodes = {n.name: n for n in graph if n.op is Op.POS_EMBED}
+    pos_nodes = {n.name: n for n in graph if n.op is PosEmbed and n.attrs.kind == "learned"}
     mismatched: list[str] = []
     for key, want in target.items():
         got = state[key]
@@ -381,7 +412,7 @@ def build_command(graph: Graph, args: argparse.Namespace) -> int:
              f"  input    {c}x{h}x{w} -> {graph.classes} classes",
              f"  params   {total.params:,} ({_si(total.fp_params)} full precision, {_si(total.binary_params)} binary)",
              f"  MACs     {_si(total.macs)}   BOPs {_si(total.bops)}   OPs {_si(total.ops)}",
-             f"  weights  {args.weights + ': ' if args.weights else ''}{describe(source)}"]
+             f"  weights  {f'{args.weights}: {describe(source)}' if args.weights else f'initialised ({graph.init}), untrained'}"]
     lines += [f"  note     {n}" for n in notes]
     print("\n".join(lines))
     return 0

@@ -10,6 +10,11 @@ Each step is one function of (run, graph, ...) -> figures, so a step can be reus
 `run_suite` sequences them: finished runs (same config and spec text) are skipped, an
 interrupted run resumes from its run folder, a missing dataset is reported once and its
 runs are left out while the rest of the suite goes on.
+
+Several processes may run a suite into one results folder at once (shards, or the same
+command started twice): each run is done under its run folder's lock, so a second process
+waits for a run in progress (saying which process holds it), then finds its record and skips
+it; every record is written exactly once.
 """
 from __future__ import annotations
 
@@ -17,12 +22,14 @@ import datetime
 import json
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import vitgraph
 from vitgraph.diagnostics import UserError
+from vitgraph.fileio import folder_lock, remove_stale_temps, write_atomic
 from vitgraph.ir import Graph
 
 from .results import ResultStore, conditions
@@ -253,19 +260,31 @@ def budget(p: Planned, folder: Path, train_img_s: float | None, train_images: in
         steps = run.max_steps
         return Budget(epochs if steps is None else min(epochs, -(-steps // per_epoch)), steps)
     kept = folder / "budget.json"
-    if kept.is_file():
-        saved = json.loads(kept.read_text())
-        return Budget(int(saved["epochs"]), int(saved["max_steps"]))
+    chosen = _kept_budget(kept)
+    if chosen is not None:
+        return chosen
     if not train_img_s:
         raise UserError(f"{run.id}: a budget in minutes needs the training throughput",
                         hint="enable measure.torch_throughput or give the budget in epochs or steps")
     steps = max(1, int(run.minutes * 60 * train_img_s // recipe.batch_size))
     steps = min(steps, epochs * per_epoch, run.max_steps or steps)
     chosen = Budget(-(-steps // per_epoch), steps)
-    folder.mkdir(parents=True, exist_ok=True)
-    kept.write_text(json.dumps({"epochs": chosen.epochs, "max_steps": steps, "minutes": run.minutes,
-                                "train_img_s": train_img_s, "steps_per_epoch": per_epoch}))
+    text = json.dumps({"epochs": chosen.epochs, "max_steps": steps, "minutes": run.minutes,
+                       "train_img_s": train_img_s, "steps_per_epoch": per_epoch})
+    write_atomic(kept, lambda tmp: tmp.write_text(text))
     return chosen
+
+
+def _kept_budget(path: Path) -> Budget | None:
+    """The budget kept in budget.json, or None when there is none or it is unreadable (a file
+    torn, or written by an older version in epochs only, is chosen again)."""
+    try:
+        saved = json.loads(path.read_text())
+        chosen = Budget(saved["epochs"], saved["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    whole = all(isinstance(v, int) and v >= 1 for v in (chosen.epochs, chosen.max_steps))
+    return chosen if whole else None
 
 
 # -- sequencing -----------------------------------------------------------------------
@@ -319,7 +338,9 @@ def run_suite(suite: Suite, store: ResultStore, opts: Options, log: Log = print)
 
         torch.set_num_threads(opts.threads)
     everything, todo, done = select(suite, store, opts)
-    outcome = Outcome(planned=[p for p in everything if p in todo or p in done], skipped=done)
+    outcome = Outcome(planned=[p for p in everything if p in todo or p in done], skipped=list(done))
+    if main_process():
+        remove_stale_temps(store.folder)  # a report write killed mid-way
     if todo:
         join_processes(resolve_device(todo[0].run, opts.device))
     if done:
@@ -338,9 +359,26 @@ def run_suite(suite: Suite, store: ResultStore, opts: Options, log: Log = print)
             number = len(outcome.done) + len(outcome.failed) + 1
             log(f"[{number}/{len(todo) - len(outcome.left_out)}] {p.run.id} seed {p.run.seed} "
                 f"({' '.join(f'{k}={v}' for k, v in p.run.overrides.items())}) -> {store.run_folder(p.run.id, p.digest)}")
-            record = execute(p, everything, store, opts, train_images, log)
+            with claim(p, store, opts, log) as mine:
+                if not mine:
+                    log(f"    finished meanwhile by another process: its record is in {store.path}")
+                    outcome.skipped.append(p)
+                    continue
+                record = execute(p, everything, store, opts, train_images, log)
             (outcome.done if record["status"] == "ok" else outcome.failed).append(record)
     return outcome
+
+
+@contextmanager
+def claim(p: Planned, store: ResultStore, opts: Options, log: Log) -> Iterator[bool]:
+    """Hold the run's folder lock while the run is done (rank 0; when another process holds it,
+    say which and wait), and yield whether the run is still to do: another process may have
+    finished it meanwhile. Every process of a torchrun launch gets rank 0's answer."""
+    main = main_process()
+    folder = store.run_folder(p.run.id, p.digest)
+    with folder_lock(folder, on_wait=lambda text: log(f"    {text}")) if main else nullcontext():
+        todo = (opts.force or p.digest not in store.completed()) if main else None
+        yield bool(_from_rank0(todo))
 
 
 def dataset_size(name: str, opts: Options) -> int:
@@ -381,8 +419,18 @@ def execute(p: Planned, everything: list[Planned], store: ResultStore, opts: Opt
         record = _record(p, "ok", device, started, **figures)
         log(_summary(record))
     if main:
-        store.append(record)
+        _save(store, record, folder)
     return record
+
+
+def _save(store: ResultStore, record: dict[str, Any], folder: Path) -> None:
+    """Append the record; when that fails (a full disk), one error saying what is kept."""
+    try:
+        store.append(record)
+    except UserError as e:
+        raise UserError(f"{record['run']}: the record could not be saved: {e.message}",
+                        hint=f"free space and run the same command again: the training kept in {folder} "
+                             "is not repeated") from None
 
 
 Decision = tuple[Budget, "Teacher | None"] | tuple[str, str | None]
@@ -401,16 +449,22 @@ def _decide(p: Planned, everything: list[Planned], store: ResultStore, folder: P
 def _agree(decision: Decision | None) -> tuple[Budget, Teacher | None]:
     """Every process of a torchrun launch acts on rank 0's decision (the others did not measure,
     and may look at the run folders before rank 0 has written them)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        box = [decision]
-        dist.broadcast_object_list(box, src=0)
-        decision = box[0]
+    decision = _from_rank0(decision)
     assert decision is not None
     if isinstance(decision[0], str):
         raise UserError(decision[0], hint=decision[1])
     return decision  # type: ignore[return-value]
+
+
+def _from_rank0(value: Any) -> Any:
+    """Rank 0's `value` on every process of a torchrun launch (the value itself otherwise)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
 
 
 def _summary(record: Mapping[str, Any]) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from vitgraph.fileio import write_atomic
+
 from .report import TOP1, Column, by_seeds, figure, in_order, mean_std
 
 _MARKERS = "osD^vP*X<>"
@@ -22,12 +24,12 @@ def _scatter(runs: list[Mapping[str, Any]], x: Column, path: Path, title: str) -
     fig = scatter_figure(runs, x, title)
     if fig is None:
         return None
-    fig.savefig(path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def scatter_figure(runs: list[Mapping[str, Any]], x: Column, title: str) -> Any:
-    """Top-1 against one figure; one marker per dataset, each (spec, dataset) labelled once."""
+    """Top-1 against one figure; one marker per dataset, each configuration labelled once (its
+    seeds are several markers)."""
     from matplotlib.figure import Figure
 
     points = [(r, x.value(r), figure(r, TOP1)) for r in runs]
@@ -42,9 +44,9 @@ def scatter_figure(runs: list[Mapping[str, Any]], x: Column, title: str) -> Any:
         ax.scatter([p[1] for p in mine], [p[2] for p in mine], marker=_MARKERS[i % len(_MARKERS)], s=50,
                    label=dataset, zorder=3)
         for r, px, py in mine:
-            if (r["spec"], r["dataset"]) not in labelled:
-                labelled.add((r["spec"], r["dataset"]))
-                ax.annotate(r["spec"], (px, py), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            if (r["label"], r["dataset"]) not in labelled:
+                labelled.add((r["label"], r["dataset"]))
+                ax.annotate(r["label"], (px, py), textcoords="offset points", xytext=(5, 4), fontsize=8)
     xs = [px for _, px, _ in points]
     log = max(xs) / min(xs) > 10  # models of very different cost (binary vs full precision)
     if log:
@@ -73,7 +75,7 @@ def _per_dataset(runs: list[Mapping[str, Any]], path: Path) -> Path | None:
     runs = [r for r in runs if figure(r, TOP1) is not None]
     if not runs:
         return None
-    specs, datasets = in_order(runs, "spec"), in_order(runs, "dataset")
+    specs, datasets = in_order(runs, "label"), in_order(runs, "dataset")
     stats = {k: mean_std([figure(r, TOP1) for r in group]) for k, group in by_seeds(runs).items()}
     by = {k: mean for k, (mean, _) in stats.items()}
     width = 0.8 / len(specs)
@@ -92,12 +94,12 @@ def _per_dataset(runs: list[Mapping[str, Any]], path: Path) -> Path | None:
     ax.set_title("top-1 accuracy per dataset")
     ax.grid(True, axis="y", alpha=0.3, zorder=0)
     ax.legend(fontsize=8, ncols=min(4, len(specs)), loc="upper center", bbox_to_anchor=(0.5, -0.07))
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
 def write_plots(runs: list[Mapping[str, Any]], folder: Path) -> dict[str, Path]:
-    """accuracy_vs_ops.png, accuracy_vs_cpu_latency.png, accuracy_per_dataset.png (those with data)."""
+    """accuracy_vs_ops.png, accuracy_vs_cpu_latency.png, accuracy_per_dataset.png (those with data),
+    from the runs of report.shown_runs (each names its configuration in `label`)."""
     made = {
         "accuracy_vs_ops.png": _scatter(runs, _OPS, folder / "accuracy_vs_ops.png", "top-1 against operations"),
         "accuracy_vs_cpu_latency.png": _scatter(runs, _CPU_LATENCY, folder / "accuracy_vs_cpu_latency.png",

@@ -7,11 +7,17 @@ per dataset, then the model's size, operations and speed.
 
 Size, operations and speed depend on the input size and the classes, so they are taken
 from one run of each spec, the first dataset of the suite it ran on, and the table says
-which (the `measured on` column). A run repeated over seeds (`vitgraph bench --seeds K`)
-shows its top-1 as mean +- sample standard deviation over the seeds.
+which (the `measured on` column).
 
-In the terminal the same tables print with aligned columns (text_table); the files hold
-markdown (markdown_table).
+Records are told apart by configuration (the run's digest), not by (spec, dataset): when a
+spec ran in several configurations on a dataset (a suite run again with other overrides,
+epochs, seed, recipe or spec text), each gets its own row, labelled with the settings that
+differ ("vit (epochs=2)"), and no row mixes figures of different configurations. The seed is
+not such a setting: the runs of one configuration with several seeds (`vitgraph bench --seeds
+K`) share a row, whose top-1 is their mean +- sample standard deviation.
+
+In the terminal the tables print with aligned columns (text_table); the files hold markdown
+(markdown_table).
 """
 from __future__ import annotations
 
@@ -23,8 +29,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from vitgraph.diagnostics import UserError
+from vitgraph.fileio import write_atomic
 
 from .results import RUNS_FILE, latest_ok, read_records
+
+SETTINGS = ("overrides", "recipe", "recipe_overrides", "epochs", "minutes", "max_steps", "subset", "teacher",
+            "teacher_weights", "teacher_overrides", "distill", "spec_hash")  # what tells configurations of a
+# (spec, dataset) apart; the seed does not: its runs are repeats of one configuration
 
 
 def load_records(results: Path) -> list[dict[str, Any]]:
@@ -84,12 +95,51 @@ def in_order(records: Iterable[Mapping[str, Any]], key: str) -> list[str]:
     return list(dict.fromkeys(r[key] for r in records))
 
 
+def shown_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest successful record of each configuration, each with its row `label`: the spec's
+    name, and the settings that differ when the spec ran in several configurations on a dataset."""
+    runs = latest_ok(records)
+    cells = {cell: [r for r in runs if (r["spec"], r["dataset"]) == cell]
+             for cell in dict.fromkeys((r["spec"], r["dataset"]) for r in runs)}
+    varying: dict[str, set[str]] = {}
+    for (spec, _), cell in cells.items():
+        settings = [_settings(r) for r in cell]
+        keys = {k for s in settings for k in s} - {"spec_hash"}  # overrides change the hash too
+        varying.setdefault(spec, set()).update(k for k in keys if len({repr(s.get(k)) for s in settings}) > 1)
+    for (spec, _), cell in cells.items():
+        configurations = {repr(sorted(_settings(r).items())) for r in cell}
+        if len({_label(r, sorted(varying[spec])) for r in cell}) < len(configurations):  # the spec text only
+            varying[spec].add("spec_hash")
+    return [{**r, "label": _label(r, sorted(varying[r["spec"]]))} for r in runs]
+
+
+def _settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's configuration as flat key = value pairs (spec and recipe overrides by their own names)."""
+    flat: dict[str, Any] = {}
+    for key in SETTINGS:
+        value = record.get(key)
+        if isinstance(value, Mapping):
+            prefix = "teacher." if key == "teacher_overrides" else ""
+            flat.update({f"{prefix}{k}": v for k, v in value.items()})
+        elif value is not None:
+            flat[key] = str(value)[:8] if key == "spec_hash" else value
+    return flat
+
+
+def _label(record: Mapping[str, Any], keys: list[str]) -> str:
+    if not keys:
+        return record["spec"]
+    settings = _settings(record)
+    shown = " ".join(f"{k}={settings.get(k, '-')}" for k in keys)
+    return f"{record['spec']} ({shown})"
+
+
 def by_seeds(runs: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
-    """The records of each (spec, dataset), one per seed, in the order they came."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    """The records of each row and dataset (label, dataset), one per seed (the latest), in order."""
+    groups: dict[tuple[str, str], dict[Any, Mapping[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["spec"], r["dataset"]), []).append(r)
-    return groups
+        groups.setdefault((r["label"], r["dataset"]), {})[r.get("seed")] = r
+    return {key: list(seeds.values()) for key, seeds in groups.items()}
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -107,17 +157,18 @@ def top1_text(group: list[Mapping[str, Any]] | None) -> str:
 
 
 def paper_table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the papers' table from the latest successful record of each run."""
-    runs = latest_ok(records)
-    specs, datasets = in_order(runs, "spec"), in_order(runs, "dataset")
+    """Header and rows of the papers' table from the latest successful record of each configuration
+    (its seeds together)."""
+    runs = shown_runs(records)
+    labels, datasets = in_order(runs, "label"), in_order(runs, "dataset")
     groups = by_seeds(runs)
     figures = [c for c in FIGURES if any(c.value(r) for r in runs)]  # e.g. no BOPs column without binary
     header = ["spec", *[f"{d} top-1" for d in datasets], *[c.header for c in figures], "measured on"]
     rows = []
-    for spec in specs:
-        ref = next(groups[(spec, d)][0] for d in datasets if (spec, d) in groups)
-        top1 = [top1_text(groups.get((spec, d))) for d in datasets]
-        rows.append([spec, *top1, *[c.text(ref) for c in figures], _measured_on(ref)])
+    for label in labels:
+        ref = next(groups[(label, d)][0] for d in datasets if (label, d) in groups)
+        top1 = [top1_text(groups.get((label, d))) for d in datasets]
+        rows.append([label, *top1, *[c.text(ref) for c in figures], _measured_on(ref)])
     return header, rows
 
 
@@ -202,9 +253,9 @@ def conditions_text(records: list[dict[str, Any]]) -> str:
 
 
 def render_markdown(records: list[dict[str, Any]], title: str, plots: list[Path]) -> str:
-    runs = latest_ok(records)
+    runs = shown_runs(records)
     header, rows = paper_table(records)
-    settings = [(r["spec"], r["dataset"], r.get("recipe"), figure(r, "metrics.epochs"), r.get("seed"),
+    settings = [(r["label"], r["dataset"], r.get("recipe"), figure(r, "metrics.epochs"), r.get("seed"),
                  " ".join(f"{k}={v}" for k, v in sorted((r.get("overrides") or {}).items())), r.get("spec_hash"),
                  _seconds(figure(r, "metrics.train_seconds")), _seconds(r.get("seconds"))) for r in runs]
     seeds = " Runs repeated over seeds show mean ± sample standard deviation." \
@@ -237,12 +288,14 @@ def write_report(records: list[dict[str, Any]], folder: Path, title: str = "Benc
     if plots:
         from .plots import write_plots
 
-        written.update(write_plots(latest_ok(records), folder))
+        written.update(write_plots(shown_runs(records), folder))
     header, rows = paper_table(records)
-    (folder / "table.csv").write_text(_csv(header, rows))
-    (folder / "runs.csv").write_text(_csv([name for name, _ in RUN_COLUMNS],
-                                          ([get(r) for _, get in RUN_COLUMNS] for r in latest_ok(records))))
-    (folder / "report.md").write_text(render_markdown(records, title, list(written.values())))
+    texts = {"table.csv": _csv(header, rows),
+             "runs.csv": _csv([name for name, _ in RUN_COLUMNS],
+                              ([get(r) for _, get in RUN_COLUMNS] for r in latest_ok(records))),
+             "report.md": render_markdown(records, title, list(written.values()))}
+    for name, text in texts.items():
+        write_atomic(folder / name, lambda tmp, text=text: tmp.write_text(text))
     written.update({"table.csv": folder / "table.csv", "runs.csv": folder / "runs.csv",
                     "report.md": folder / "report.md"})
     return written

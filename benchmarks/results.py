@@ -2,8 +2,12 @@
 
 Every line carries the run's figures and the conditions they were measured under (CPU and
 GPU model, threads, library versions, git commit, spec hash, recipe, seed, overrides), so a
-figure is never separated from what produced it. Several machines (shards) may append to
-the same file: each line is written with one locked append.
+figure is never separated from what produced it. Several machines (shards) and processes may
+append to the same file: each append holds a lock on it, and is a whole line or nothing. A
+torn last line (an append cut short by a full disk, or by an older writer killed mid-line) is
+set aside in runs.jsonl.torn before the next append, so no record is glued onto it; a last
+line that is a whole record missing only its newline is completed instead. A failed append
+is undone and raises a UserError; it never leaves part of a line behind.
 """
 from __future__ import annotations
 
@@ -13,12 +17,15 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 from vitgraph.diagnostics import UserError
+from vitgraph.fileio import cannot_write
 
 RUNS_FILE = "runs.jsonl"
+TORN_SUFFIX = ".torn"
 _LIBRARIES = ("vitgraph", "torch", "onnx", "onnxruntime", "numpy")
 
 
@@ -97,19 +104,64 @@ class ResultStore:
         return {r["digest"] for r in self.records() if r.get("status") == "ok"}
 
     def append(self, record: dict[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        """Add one record as one line, flushed to disk (see the module docstring); UserError
+        naming the file when it cannot be written, with the file as it was before."""
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            end = self._whole_lines(fd)
             try:
-                f.write(line)
+                _write_all(fd, line, end)
+                os.fsync(fd)
+            except OSError as e:
+                os.ftruncate(fd, end)  # nothing of this record stays behind
+                raise cannot_write(self.path, e) from None
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _whole_lines(self, fd: int) -> int:
+        """The size of the file once its tail is a whole line: a last line that is a whole record
+        gets its newline; a torn one is moved to runs.jsonl.torn. Returns where to append."""
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+        if not data or data.endswith(b"\n"):
+            return len(data)
+        start = data.rfind(b"\n") + 1
+        tail = data[start:]
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            whole = False
+        try:
+            if whole:
+                _write_all(fd, b"\n", len(data))
+                return len(data) + 1
+            torn = self.path.with_name(self.path.name + TORN_SUFFIX)
+            with open(torn, "ab") as f:
+                f.write(tail + b"\n")
                 f.flush()
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                os.fsync(f.fileno())
+            os.ftruncate(fd, start)
+        except OSError as e:
+            raise UserError(f"{self.path} ends in a torn line ({len(tail)} bytes) that could not be repaired: "
+                            f"{e.strerror or e}", hint="free some space, then run again") from None
+        print(f"note: {self.path} ended in a torn line ({len(tail)} bytes, from a write cut short); "
+              f"moved it to {torn}", file=sys.stderr)
+        return start
 
     def run_folder(self, run_id: str, digest: str) -> Path:
         """Where a run trains: its checkpoints let an interrupted run resume."""
         return self.folder / "runs" / f"{run_id}-{digest}"
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -127,9 +179,11 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def latest_ok(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last successful record of each (spec, dataset, seed): what a report shows."""
-    last: dict[tuple[str, Any], dict[str, Any]] = {}
+    """The last successful record of each configuration (the run's digest: spec text, dataset,
+    overrides, recipe, budget, seed), in the order they first appear: what a report shows. A
+    suite run again with other overrides adds configurations; it does not replace them."""
+    last: dict[str, dict[str, Any]] = {}
     for r in records:
         if r.get("status") == "ok":
-            last[(r["run"], r.get("seed"))] = r
+            last[r.get("digest") or r["run"]] = r
     return list(last.values())

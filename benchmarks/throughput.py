@@ -9,8 +9,9 @@ the CIFAR ViT of "Vision Transformer for Small-Size Datasets" (specs/vit.vg; tim
 VisionTransformer configured alike). Every figure is under bf16 autocast (unless --dtype
 fp32), eager and torch.compile: a training step is forward + cross-entropy + backward +
 AdamW step (fused on CUDA, for both implementations); inference is a forward in
-inference mode. Each repeat times --iters steps
-after --warmup untimed ones (CUDA events on GPU); the JSON keeps the median and spread
+inference mode. All implementations and modes of a model are built side by side and timed
+interleaved: after --warmup untimed repeats each, every round times one repeat of --iters
+steps of each, in a rotated order (CUDA events on GPU); the JSON keeps the median and spread
 with the device, threads, library versions, git commit and spec hash, and a markdown
 table is written beside it under benchmarks/results/throughput_<device>_<model>.{json,md}.
 """
@@ -28,6 +29,7 @@ from typing import Any, Callable
 import vitgraph
 from vitgraph.benchmarks.harness import spread, time_calls
 from vitgraph.benchmarks.results import conditions
+from vitgraph.ir import Graph
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -64,7 +66,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _import_timm() -> tuple[Any, str | None]:
+def import_timm() -> tuple[Any, str | None]:
     try:
         import timm
     except ImportError as e:
@@ -72,15 +74,16 @@ def _import_timm() -> tuple[Any, str | None]:
     return timm, None
 
 
-def _steps(model: Any, x: Any, y: Any, dtype: Any, device: str) -> tuple[Callable[[], None], Callable[[], None]]:
-    """A training step (forward, cross-entropy, backward, AdamW) and an inference forward."""
+def _steps(model: Any, x: Any, y: Any, dtype: Any, device: str) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """A training step (forward, cross-entropy, backward, AdamW; returns the loss) and an
+    inference forward (returns the logits)."""
     import torch
     import torch.nn.functional as F
 
     kind = "cuda" if device.startswith("cuda") else "cpu"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=kind == "cuda")  # the same for timm
 
-    def train() -> None:
+    def train() -> Any:
         with torch.autocast(kind, dtype=dtype, enabled=dtype != torch.float32):
             out = model(x)
             logits = (out[0] + out[1]) / 2 if isinstance(out, tuple) else out  # DeiT's two heads in training
@@ -88,33 +91,91 @@ def _steps(model: Any, x: Any, y: Any, dtype: Any, device: str) -> tuple[Callabl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return loss.detach()
 
-    def infer() -> None:
+    def infer() -> Any:
         with torch.inference_mode(), torch.autocast(kind, dtype=dtype, enabled=dtype != torch.float32):
-            model(x)
+            return model(x)
 
     return train, infer
+
+
+@dataclass
+class Entrant:
+    """One implementation in one mode on the device, with its two steps on a fixed batch."""
+
+    impl: str
+    mode: str
+    module: Any                            # the nn.Module itself (its train/eval flag is set per phase)
+    train: Callable[[], Any]               # one training step -> loss
+    infer: Callable[[], Any]               # one inference forward -> logits
+    params: int
+    x: Any                                 # the batch both steps use: images (B, C, H, W), labels (B,)
+    y: Any
+
+
+def prepare(module: Any, impl: str, mode: str, batch: int, image: tuple[int, int, int], classes: int,
+            device: str, dtype: Any, compile_mode: str | None, compile_backend: str = "inductor") -> Entrant:
+    """Move `module` to the device, compile it if `mode` is "compiled", and give it a random batch."""
+    import torch
+
+    module = module.to(device)
+    run = torch.compile(module, mode=compile_mode, backend=compile_backend) if mode == "compiled" else module
+    x = torch.randn(batch, *image, device=device)  # (B, C, H, W)
+    y = torch.randint(0, classes, (batch,), device=device)
+    train, infer = _steps(run, x, y, dtype, device)
+    return Entrant(impl, mode, module, train, infer, sum(p.numel() for p in module.parameters()), x, y)
+
+
+def _repeat(e: Entrant, phase: str, iters: int) -> Callable[[], None]:
+    """`iters` steps of one phase; the module is put in training or eval mode once, before them."""
+    step = e.train if phase == "train" else e.infer
+
+    def run() -> None:
+        e.module.train(phase == "train")
+        for _ in range(iters):
+            step()
+
+    return run
+
+
+def time_interleaved(entrants: list[Entrant], phase: str, iters: int, warmup: int, repeats: int,
+                     device: str) -> list[list[float]]:
+    """Seconds per repeat of `iters` steps, for each entrant: all are warmed up (compiled) first,
+    then each round times every entrant once, in an order rotated by one each round, so that
+    drift (clocks, heat, other processes) falls on all alike."""
+    calls = [_repeat(e, phase, iters) for e in entrants]
+    for call in calls:
+        time_calls(call, warmup, 0, device)
+    times: list[list[float]] = [[] for _ in entrants]
+    for r in range(repeats):
+        for i in range(len(calls)):
+            j = (i + r) % len(calls)
+            times[j] += time_calls(calls[j], 0, 1, device)
+    return times
+
+
+def figures(entrants: list[Entrant], batch: int, args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    """train_img_s and infer_img_s (median and spread) of every entrant, timed interleaved."""
+    out: list[dict[str, Any]] = [{} for _ in entrants]
+    for phase in ("train", "infer"):
+        times = time_interleaved(entrants, phase, args.iters, args.warmup, args.repeats, device)
+        for row, t in zip(out, times):
+            row[f"{phase}_img_s"] = spread([batch * args.iters / s for s in t])
+    return out
 
 
 def measure(module: Any, mode: str, batch: int, image: tuple[int, int, int], classes: int, device: str,
             dtype: Any, args: argparse.Namespace) -> dict[str, Any]:
     """img/s of one model in one mode: training (module in train mode) and inference (eval)."""
-    import torch
-
-    module = module.to(device)
-    run = torch.compile(module, mode=args.compile_mode) if mode == "compiled" else module
-    x = torch.randn(batch, *image, device=device)  # (B, C, H, W)
-    y = torch.randint(0, classes, (batch,), device=device)
-    train, infer = _steps(run, x, y, dtype, device)
-    out: dict[str, Any] = {}
-    for phase, step, training in (("train", train, True), ("infer", infer, False)):
-        module.train(training)
-        times = time_calls(lambda: [step() for _ in range(args.iters)], args.warmup, args.repeats, device)
-        out[f"{phase}_img_s"] = spread([batch * args.iters / t for t in times])
-    return out
+    entrant = prepare(module, "vitgraph", mode, batch, image, classes, device, dtype, args.compile_mode)
+    return figures([entrant], batch, args, device)[0]
 
 
-def bench_model(name: str, device: str, timm: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+def entrants(name: str, device: str, timm: Any, args: argparse.Namespace,
+             skip: frozenset[tuple[str, str]] = frozenset()) -> tuple[Graph, int, list[Entrant]]:
+    """The model's graph, its batch on this device, and an entrant per implementation and mode
+    (vitgraph, then timm when given; each built from seed 0) but the (impl, mode) pairs in `skip`."""
     import torch
 
     cfg = MODELS[name]
@@ -124,21 +185,45 @@ def bench_model(name: str, device: str, timm: Any, args: argparse.Namespace) -> 
     builders: list[tuple[str, Callable[[], Any]]] = [("vitgraph", lambda: vitgraph.to_torch(graph))]
     if timm is not None:
         builders.append(("timm", lambda: cfg.timm(timm)))
-    rows = []
+    out = []
     for impl, build in builders:
         for mode in args.modes:
+            if (impl, mode) in skip:
+                continue
             torch.manual_seed(0)
-            module = build()
-            params = sum(p.numel() for p in module.parameters())
-            print(f"  {name:10s} {impl:8s} {mode:8s} batch {batch} ...", file=sys.stderr, flush=True)
-            figures = measure(module, mode, batch, graph.image, graph.classes, device, dtype, args)
-            rows.append({"model": name, "impl": impl, "mode": mode, "batch": batch, "image": list(graph.image),
-                         "params": params, "spec_hash": graph.spec.hash, **figures})
-            del module
-            gc.collect()
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-    return rows
+            out.append(prepare(build(), impl, mode, batch, graph.image, graph.classes, device, dtype,
+                               args.compile_mode, args.compile_backend))
+    return graph, batch, out
+
+
+def release(entrants: list[Entrant], device: str) -> None:
+    """Drop the entrants (emptied in place) and what they hold on the device, and forget the
+    compiled code, so the next model starts clean."""
+    import torch
+
+    entrants.clear()
+    gc.collect()
+    torch._dynamo.reset()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def rows(name: str, graph: Graph, batch: int, contestants: list[Entrant], args: argparse.Namespace,
+         device: str) -> list[dict[str, Any]]:
+    """One table row per entrant: its conditions and its img/s."""
+    print(f"  {name:10s} {' '.join(f'{e.impl}/{e.mode}' for e in contestants)} batch {batch} ...", file=sys.stderr,
+          flush=True)
+    measured = figures(contestants, batch, args, device)
+    return [{"model": name, "impl": e.impl, "mode": e.mode, "batch": batch, "image": list(graph.image),
+             "params": e.params, "spec_hash": graph.spec.hash, **m} for e, m in zip(contestants, measured)]
+
+
+def bench_model(name: str, device: str, timm: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    graph, batch, contestants = entrants(name, device, timm, args)
+    try:
+        return rows(name, graph, batch, contestants, args, device)
+    finally:
+        release(contestants, device)
 
 
 def _cell(s: dict[str, float]) -> str:
@@ -157,15 +242,20 @@ def markdown(record: dict[str, Any]) -> str:
     if not c["gpu"]:
         lines += ["CPU figures only: the GPU comparison with timm (batch 256 at 224 px, 512 at 32 px) is owed until "
                   "`python -m vitgraph.benchmarks.throughput --device cuda` runs on a GPU machine with timm.", ""]
-    lines += ["| model | impl | mode | batch | params | train img/s | infer img/s | train vs timm eager |"
-              " infer vs timm eager |", "|---|---|---|---|---|---|---|---|---|"]
-    base = {r["model"]: r for r in record["rows"] if r["impl"] == "timm" and r["mode"] == "eager"}
-    for r in record["rows"]:
+    return "\n".join(lines + table(record["rows"])) + "\n"
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown table lines: every row's img/s and its ratio to timm eager on the same model."""
+    lines = ["| model | impl | mode | batch | params | train img/s | infer img/s | train vs timm eager |"
+             " infer vs timm eager |", "|---|---|---|---|---|---|---|---|---|"]
+    base = {r["model"]: r for r in rows if r["impl"] == "timm" and r["mode"] == "eager"}
+    for r in rows:
         b = base.get(r["model"])
         ratio = [f"{r[k]['median'] / b[k]['median']:.2f}x" if b else "–" for k in ("train_img_s", "infer_img_s")]
         lines.append(f"| {r['model']} | {r['impl']} | {r['mode']} | {r['batch']} | {r['params'] / 1e6:.2f}M | "
                      f"{_cell(r['train_img_s'])} | {_cell(r['infer_img_s'])} | {ratio[0]} | {ratio[1]} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -180,6 +270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10, help="steps per timed repeat")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's default)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     p.add_argument("--no-timm", action="store_true", help="do not run timm even if importable")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     return p.parse_args(argv)
@@ -195,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True  # the conv patch embedding picks its fastest kernel, for both impls
-    timm, timm_note = (None, "timm not run (--no-timm)") if args.no_timm else _import_timm()
+    timm, timm_note = (None, "timm not run (--no-timm)") if args.no_timm else import_timm()
     if timm_note:
         print(f"note: {timm_note}", file=sys.stderr)
     rows = []

@@ -1,7 +1,11 @@
-"""Records in the shape `vitgraph bench` writes, for tests of the report and the store."""
+"""Records in the shape `vitgraph bench` writes, for tests of the report and the store, and a
+tiny suite (two 8x8 specs on the embedded digits) for tests of the harness."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from vitgraph.benchmarks.harness import Options
 
 
 def make_record(spec: str, dataset: str, top1: float | None, *, ops: float = 2e8, bops: float = 0.0,
@@ -21,3 +25,46 @@ def make_record(spec: str, dataset: str, top1: float | None, *, ops: float = 2e8
                        "versions": {"torch": "2.x"}, "git_commit": "abc"},
         "finished": "2025-01-01T00:00:00",
     }
+
+
+TINY = """\
+param image = 8
+param patch = 4
+param classes = 10
+model tiny {
+    input 3 x image x image
+    patchify patch -> 16
+    tokens cls
+    pos-embed learned
+    norm layer eps 1e-5
+    blocks 1 { attention heads 2; mlp ratio 2 }
+    head token -> classes
+}
+"""
+
+
+def suite_file(tmp_path: Path, datasets: str = '["digits"]', measure: str = "torch_throughput = false\n"
+               "onnx_cpu = false", epochs: int = 1) -> Path:
+    """t.toml: the specs tiny and tiny2 (tiny.vg, tiny2.vg beside it) on `datasets`, recipe digits, CPU."""
+    (tmp_path / "tiny.vg").write_text(TINY)
+    (tmp_path / "tiny2.vg").write_text(TINY.replace("model tiny", "model tiny2").replace("-> 16", "-> 8"))
+    path = tmp_path / "t.toml"
+    path.write_text(f"""
+recipe = "digits"
+specs = ["{tmp_path / 'tiny.vg'}", "{tmp_path / 'tiny2.vg'}"]
+datasets = {datasets}
+device = "cpu"
+recipe_set = {{ batch_size = 128 }}
+[budget]
+epochs = {epochs}
+[set]
+image = 8
+[measure]
+{measure}
+""")
+    return path
+
+
+def offline_options(tmp_path: Path) -> Options:
+    """Harness options that never download."""
+    return Options(data_root=str(tmp_path / "no-data"), download=False)

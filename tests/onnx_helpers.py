@@ -5,7 +5,6 @@ pool-branch scales at values that would hide a wrongly folded or skipped term)."
 from __future__ import annotations
 
 import math
-from unittest import mock
 
 import torch
 
@@ -51,20 +50,9 @@ def is_binary(graph: Graph) -> bool:
     return any(node.binary for node in graph)
 
 
-def _fast_trunc_normal_(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
-                        b: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    with torch.no_grad():
-        return tensor.normal_(mean, std, generator=generator).clamp_(a, b)
-
-
 def torch_module(graph: Graph, seed: int = 0) -> torch.nn.Module:
-    """vitgraph.to_torch(graph) in eval mode with randomize_'d weights. torch's
-    trunc_normal_ (erfinv) takes ~10 s for DeiT-S's 22M weights on this machine, so it
-    is swapped for a clamped normal while the module is built: the weights are
-    randomised afterwards, so their initial distribution does not matter here."""
-    with mock.patch.object(torch.nn.init, "trunc_normal_", _fast_trunc_normal_):
-        module = vitgraph.to_torch(graph)
-    return randomize_(module, seed).eval()
+    """vitgraph.to_torch(graph) in eval mode with randomize_'d weights."""
+    return randomize_(vitgraph.to_torch(graph), seed).eval()
 
 
 @torch.no_grad()

@@ -8,51 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+from bench_helpers import offline_options as _opts
+from bench_helpers import suite_file as _suite_file
 
 from vitgraph.benchmarks import harness as H
 from vitgraph.benchmarks.results import ResultStore
 from vitgraph.benchmarks.suite import load_suite, narrow
 from vitgraph.cli import main
-
-TINY = """\
-param image = 8
-param patch = 4
-param classes = 10
-model tiny {
-    input 3 x image x image
-    patchify patch -> 16
-    tokens cls
-    pos-embed learned
-    norm layer eps 1e-5
-    blocks 1 { attention heads 2; mlp ratio 2 }
-    head token -> classes
-}
-"""
-
-
-def _suite_file(tmp_path: Path, datasets: str = '["digits"]', measure: str = "torch_throughput = false\n"
-                "onnx_cpu = false", epochs: int = 1) -> Path:
-    (tmp_path / "tiny.vg").write_text(TINY)
-    (tmp_path / "tiny2.vg").write_text(TINY.replace("model tiny", "model tiny2").replace("-> 16", "-> 8"))
-    path = tmp_path / "t.toml"
-    path.write_text(f"""
-recipe = "digits"
-specs = ["{tmp_path / 'tiny.vg'}", "{tmp_path / 'tiny2.vg'}"]
-datasets = {datasets}
-device = "cpu"
-recipe_set = {{ batch_size = 128 }}
-[budget]
-epochs = {epochs}
-[set]
-image = 8
-[measure]
-{measure}
-""")
-    return path
-
-
-def _opts(tmp_path: Path) -> H.Options:
-    return H.Options(data_root=str(tmp_path / "no-data"), download=False)
 
 
 def test_suite_runs_then_skips(tmp_path):
@@ -132,7 +94,7 @@ def test_missing_dataset_is_reported_once_and_the_rest_runs(tmp_path, capsys):
 def test_bad_recipe_is_caught_before_anything_trains(tmp_path):
     path = _suite_file(tmp_path)
     path.write_text(path.read_text().replace("[budget]", "[spec.tiny2]\nrecipe_set = { lr = -1 }\n[budget]"))
-    with pytest.raises(H.UserError, match="lr and distill_tau must be > 0"):
+    with pytest.raises(H.UserError, match="lr = -1.0 is out of range; expected lr > 0"):
         H.plan(load_suite(str(path)).runs)
 
 

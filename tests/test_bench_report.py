@@ -113,7 +113,8 @@ def test_seeds_become_mean_and_std():
 def test_accuracy_axis_spans_the_whole_scale():
     from vitgraph.benchmarks.plots import _OPS, scatter_figure
 
-    fig = scatter_figure([make_record("vit", "c", 93.6), make_record("sl_vit", "c", 94.8, ops=2.1e8)], _OPS, "t")
+    runs = R.shown_runs([make_record("vit", "c", 93.6), make_record("sl_vit", "c", 94.8, ops=2.1e8)])
+    fig = scatter_figure(runs, _OPS, "t")
     assert fig.axes[0].get_ylim() == (0.0, 100.0)
 
 

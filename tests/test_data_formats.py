@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from train_helpers import (CIFAR10_FOLDERS, write_cifar, write_folder, write_svhn, write_tiny_imagenet)
 
-from vitgraph.data import datasets, formats, sources
+from vitgraph.data import datasets, sources
 from vitgraph.data.datasets import load_dataset
 from vitgraph.data.formats import Arrays, Files
 from vitgraph.diagnostics import UserError
@@ -209,9 +209,3 @@ def test_extract_refuses_escaping_paths(tmp_path):
     with pytest.raises(UserError, match="unsafe path"):
         sources.extract(evil, tmp_path / "out")
 
-
-def test_decode_resizes_odd_sizes_to_the_first(tmp_path):
-    write_folder(tmp_path / "a", splits=("x",), classes=("c",), per_class=1, size=8)
-    write_folder(tmp_path / "b", splits=("x",), classes=("c",), per_class=1, size=12)
-    files = Files([tmp_path / "a/x/c/000.png", tmp_path / "b/x/c/000.png"], np.array([0, 0]))
-    assert formats.decode_all(files).images.shape == (2, 3, 8, 8)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vitgraph.cli import main
+from vitgraph.diagnostics import _visible, _window
 
 GOLDEN = Path(__file__).parent / "golden" / "errors"
 
@@ -79,7 +80,22 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     "duplicate_word": ({"main.vg": vit(tokens="tokens cls\n    tokens cls distill")}, []),
     "duplicate_model": ({"main.vg": vit() + "model m {\n}\n"}, []),
     "mlp_ratio_and_hidden": ({"main.vg": vit(mlp="mlp ratio 2 hidden 384")}, []),
-    "block_without_attention": ({"main.vg": vit(attn="affine-residual")}, []),
+    "block_without_branch": ({"main.vg": vit(attn="affine-residual", mlp="")}, []),
+    "parallel_word_first": ({"main.vg": vit(attn="pool-branches 3x1", mlp="mlp ratio 2", tokens="", head="gap")}, []),
+    "layer_before_input": ({"main.vg": vit().replace("    input 3 x image x image\n", "").replace(
+        "    pos-embed learned\n", "    pos-embed learned\n    input 3 x image x image\n")}, []),
+    "layer_after_head": ({"main.vg": vit().replace("    head token -> classes\n", "    head token -> classes\n"
+                                                                             "    pos-embed learned\n")}, []),
+    "patch_without_extends": ({"main.vg": vit().replace("blocks 2 {", "blocks {")}, []),
+    "index_outside_a_body": ({"main.vg": vit(stem="patchify (index + 4) -> 192")}, []),
+    "parameter_named_index": ({"main.vg": "param index = 3\n" + vit()}, []),
+    "drop_path_rate_one": ({"main.vg": vit(extra="").replace("    head token", "    drop-path 1.0\n    head token")},
+                           []),
+    "init_unknown_policy": ({"main.vg": vit().replace("    head token", "    init xavir\n    head token")}, []),
+    "init_distribution_without_std": ({"main.vg": vit().replace("    head token",
+                                                               "    init tokens normal\n    head token")}, []),
+    "extends_adds_a_layer": ({"main.vg": vit().replace("    tokens cls\n", "") + "model n extends m {\n"
+                                         "    tokens cls\n}\n"}, ["--model", "n"]),
     "missing_head": ({"main.vg": "model m {\n    input 3 x 32 x 32\n    patchify 4 -> 64\n"
                                  "    blocks 1 { attention heads 2; mlp ratio 2 }\n}\n"}, []),
     "missing_patch_embedding": ({"main.vg": vit(stem="")}, []),
@@ -160,3 +176,65 @@ def test_real_process_exits_2_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("main.vg:9:16: error: heads 5 does not divide dim 192")
+
+
+# -- the front end never crashes: bytes, sizes, nesting, numbers, paths (issue 11) -----------
+FRONT_END: dict[str, tuple[bytes, str]] = {
+    "not_utf8": (b"param image = 32\nparam patch = \xff4\n", "main.vg:2:15: error: byte 0xff is not UTF-8"),
+    "deep_braces": (("model m " + "{ blocks 1 " * 3000 + "}" * 3000 + "\n").encode(),
+                    "main.vg:1:97: error: bodies in braces nest more than 8 deep here"),
+    "deep_parentheses": (("param a = " + "(" * 5000 + "1" + ")" * 5000 + "\n").encode(),
+                         "main.vg:1:111: error: parentheses nest more than 100 deep here"),
+    "long_expression": (("param a = (" + " + ".join(["1"] * 5000) + ")\n").encode(),
+                        "main.vg:1:12: error: this expression nests more than 100 operations deep"),
+    "integer_of_4400_digits": (("param a = " + "9" * 4400 + "\n").encode(),
+                               "main.vg:1:11: error: integer 99999999999999999999... is too large"),
+    "huge_float": (b"param a = 1e999\n", "main.vg:1:11: error: number 1e999 is too large"),
+    "huge_dimension": (("model m {\n    input 3 x " + "9" * 400 + " x 32\n}\n").encode(),
+                       "main.vg:2:15: error: integer 99999999999999999999... is too large"),
+    "long_use_path": (('use "' + "a" * 5000 + '.vg"\n').encode(), "main.vg:1:5: error: cannot read 'aaaaaaaa"),
+    "spec_of_a_megabyte": ("".join(f"param p{i} = {i}\n" for i in range(60000)).encode(),
+                           "error: spec 'main.vg' is 1209 KiB; spec files are limited to 256 KiB"),
+    "form_feed_before_an_error": (b"param a = 1\n\x0cparam b = 2\nmodel m {\n    bogus\n}\n",
+                                  "main.vg:2:1: error: unexpected character '\\x0c'"),
+    "line_separators_before_an_error": ("param a = 1 # \u2028 \u0085 \x0b \x1c\nmodel m {\n    bogus 3\n}\n".encode(),
+                                        "main.vg:3:5: error: unknown word 'bogus'"),
+    "drop_path_over_one": (b"param image = 32\nmodel m {\n    input 3 x image x image\n    patchify 4 -> 64\n"
+                           b"    blocks 1 { attention heads 2; mlp ratio 2 }\n    drop-path 2.5\n    head gap -> 10\n}\n",
+                           "main.vg:6:15: error: drop-path 2.5 would drop every branch: expected a rate in [0, 1)"),
+    "empty_file": (b"", "main.vg:1:1: error: the spec defines no model"),
+    "blocks_repeated_billions_of_times": (b"model m {\n    input 3 x 32 x 32\n    patchify 4 -> 64\n"
+                                          b"    blocks 2147483648 { attention heads 2; mlp ratio 2 }\n"
+                                          b"    head gap -> 10\n}\n",
+                                          "main.vg:4:12: error: 'blocks' repeats its body 2147483648 times; at most 1000"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FRONT_END))
+def test_front_end_gives_one_located_message(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data, first = FRONT_END[name]
+    (tmp_path / "main.vg").write_bytes(data)
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "main.vg"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(first), err[:400]
+    assert "Traceback" not in err and len(err) < 2000
+    lines = err.splitlines()
+    m = re.match(r"main\.vg:(\d+):(\d+):", lines[0])
+    if m and len(lines) > 1 and not lines[1].startswith("note"):
+        # the quoted line is the line named (lines counted at "\n" only), the caret on its column
+        named = data.decode("utf-8", errors="replace").split("\n")[int(m.group(1)) - 1]
+        shown, caret, _ = _window(named.removesuffix("\r"), int(m.group(2)) - 1, 1)
+        assert lines[1] == "    " + _visible(shown) and lines[2].index("^") == 4 + caret
+
+
+def test_a_folder_given_as_the_spec_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "specs.vg").mkdir()
+    (tmp_path / "specs.vg" / "vit.vg").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "specs.vg"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'specs.vg' is a folder, not a spec file") and "did you mean" not in err
+    assert "note: specs in it: vit.vg" in err

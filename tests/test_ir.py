@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 
 import vitgraph
-from vitgraph import Op
-from vitgraph.ops import OPS
+from vitgraph.ops import OPS, WORDS
+from vitgraph.ops.attention import Attention
+from vitgraph.ops.downsample import Downsample
+from vitgraph.ops.head import Head
+from vitgraph.ops.input import Input
+from vitgraph.ops.mlp import Mlp
+from vitgraph.ops.patchify import Patchify
 from vitgraph.passes import PIPELINE
 
 from conftest import SPECS
@@ -26,7 +31,7 @@ def test_graph_invariants(spec: Path) -> None:
     graph = vitgraph.compile(spec)
     nodes = graph.nodes()
     assert [n.id for n in nodes] == sorted(n.id for n in nodes), "visit order must be stable"
-    assert nodes[0].op is Op.INPUT and nodes[-1].op is Op.HEAD
+    assert nodes[0].op is Input and nodes[-1].op is Head
     assert len({n.name for n in nodes}) == len(nodes)
     for n in nodes:
         assert n.out is not None and n.span is not None
@@ -40,8 +45,12 @@ def test_printing_is_deterministic_across_compiles() -> None:
     assert a == b
 
 
-def test_every_op_is_in_the_registry() -> None:
-    assert set(OPS) == set(Op)
+def test_every_op_is_one_registered_unit() -> None:
+    """Each op unit is registered under its name and owns its words; every word of the
+    language that makes a node belongs to exactly one unit."""
+    assert all(OPS[name].name == name for name in OPS)
+    assert all(word in op.words for word, op in WORDS.items())
+    assert {"attention", "lsa", "mlp", "patchify", "stem", "shift-tokenize", "head", "tokens"} <= set(WORDS)
 
 
 def test_pipeline_is_named() -> None:
@@ -68,8 +77,8 @@ def test_overrides_change_shapes_and_hash() -> None:
 def test_extends_replaces_words_and_keeps_the_rest() -> None:
     g = vitgraph.compile("specs/deit_small_distilled.vg")
     assert [n.name for n in g.nodes()[:4]] == ["input", "patch_embed", "tokens", "pos_embed"]
-    assert g.node(2).attr("tokens") == ("cls", "distill")
-    assert g.output.attr("kind") == "token+distill"
+    assert g.node(2).attrs.tokens == ("cls", "distill")
+    assert g.output.attrs.kind == "token+distill"
     assert g.node(1).out.dim == 384
 
 
@@ -78,12 +87,12 @@ def test_binarize_marks_blocks_and_transitions_only() -> None:
     star = vitgraph.compile("specs/binaryvit_star.vg")
     full = {"weights", "activations", "attention"}
     for n in g:
-        if n.op in (Op.ATTENTION, Op.MLP, Op.DOWNSAMPLE):
+        if n.op in (Attention, Mlp) or issubclass(n.op, Downsample):
             assert n.binary == full, n.name
-        if n.op in (Op.PATCHIFY, Op.HEAD):
+        if n.op in (Patchify, Head):
             assert not n.binary
-    assert all(not n.binary for n in star if n.op is Op.DOWNSAMPLE)
-    assert all(n.binary == full for n in star if n.op is Op.ATTENTION)
+    assert all(not n.binary for n in star if issubclass(n.op, Downsample))
+    assert all(n.binary == full for n in star if n.op is Attention)
 
 
 def test_spec_text_compiles_like_a_file() -> None:

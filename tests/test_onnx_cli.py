@@ -57,7 +57,9 @@ def test_build_with_weights_exports_them(tmp_path: Path, capsys: pytest.CaptureF
     model = onnx.load(out)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     state = torch.load(ckpt, weights_only=True)["model"]
-    np.testing.assert_array_equal(inits["blocks.2.mlp.fc1.weight"], state["blocks.2.mlp.fc1.weight"].numpy())
+    # stored as the (in, out) matrix the MatMul reads (fold_constants evaluated the transpose)
+    np.testing.assert_array_equal(inits["blocks.2.mlp.fc1.weight:folded"], state["blocks.2.mlp.fc1.weight"].numpy().T)
+    np.testing.assert_array_equal(inits["blocks.2.mlp.fc1.bias"], state["blocks.2.mlp.fc1.bias"].numpy())
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["class_names"]) == names and json.loads(meta["mean"]) == list(MEAN)
 

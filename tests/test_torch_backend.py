@@ -18,7 +18,10 @@ def _loss(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 def test_every_op_is_lowered() -> None:
-    assert torch_backend.HANDLED_OPS == frozenset(vitgraph.Op)
+    from vitgraph.backends._torch_registry import TORCH_LOWERINGS
+
+    missing = sorted(op.name for op in vitgraph.OPS.values() if op not in TORCH_LOWERINGS)
+    assert not missing, f"ops without a torch lowering: {missing}"
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
@@ -82,20 +85,18 @@ def test_deepcopy_is_independent() -> None:
     assert model.blocks[0].attn is not ema.blocks[0].attn and len(model.blocks) == 12
 
 
-def test_initialisation_follows_the_contract() -> None:
-    """timm-like init: trunc-normal(.02) weights and embeddings, zero biases, unit norms;
-    BinaryViT's RPReLU slope 0.25, alpha 0.005, affine 0.1, zero moves/shifts/branches;
-    LSA temperature hd^-0.5."""
+def test_constant_starts_follow_the_contract() -> None:
+    """What no policy decides: unit norms, zero biases under timm; BinaryViT's RPReLU slope
+    0.25, alpha 0.005, affine 0.1, zero moves/shifts/branches; LSA temperature hd^-0.5.
+    (The policies' distributions: tests/test_init.py.)"""
     torch.manual_seed(0)
     sd = vitgraph.to_torch(vitgraph.compile(TINY_BINARYVIT % "")).state_dict()
     sd |= vitgraph.to_torch(vitgraph.compile("specs/sl_vit.vg", image=32, patch=8)).state_dict()
     for k, v in sd.items():
         leaf = k.rsplit(".", 1)[-1]
-        if v.dim() >= 2:  # linear/conv weights, position embeddings, cls token: N(0, .02) truncated at 2 std
-            assert v.abs().max() <= 0.04 + 1e-6 and v.std() > 0.01, k
-            if v.numel() >= 1000:
-                assert abs(v.std().item() - 0.0176) < 0.002, k  # std of N(0, .02) cut at +-2 std
-        elif k.endswith("temperature"):
+        if v.dim() >= 2 or k == "patch_embed.proj.bias":
+            continue  # drawn by the policy
+        if k.endswith("temperature"):
             assert torch.allclose(v, torch.full_like(v, 16 ** -0.5)), k
         elif leaf == "weight":  # LayerNorm / BatchNorm
             assert torch.equal(v, torch.ones_like(v)), k

@@ -136,7 +136,7 @@ def test_build_writes_checkpoint_with_spec_and_reloads(tmp_path, capsys) -> None
     assert str(out) in printed and g.spec.hash in printed and f"{vitgraph.count(g).total.params:,}" in printed
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["spec"]["hash"] == g.spec.hash and ckpt["spec"]["name"] == "vit_lsa"
-    assert ckpt["spec"]["params"]["patch"] == 8 and "lsa heads 12" in "".join(ckpt["spec"]["sources"].values())
+    assert ckpt["spec"]["params"]["patch"] == 8 and "blocks { lsa }" in "".join(ckpt["spec"]["sources"].values())
     assert list(out.parent.iterdir()) == [out]  # no temporary file left behind
     # rebuilding at a larger image from this checkpoint resamples the position embedding
     out2 = tmp_path / "vit64.pt"

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import vitgraph
 from vitgraph.backends import _torch_layers
+from vitgraph.ops.attention import Attention
 
 from torch_helpers import ROOT
 from test_torch_reference import TINY_BINARY_DEIT
@@ -32,9 +33,9 @@ def test_attention_goes_through_sdpa(monkeypatch, spec) -> None:
     monkeypatch.setattr(_torch_layers.F, "scaled_dot_product_attention", counting)
     g, model = _vit(spec, **({"patch": 16} if spec == "deit_tiny" else {}))
     model(torch.randn(2, *g.image))
-    depth = sum(1 for n in g if n.op is vitgraph.Op.ATTENTION)
+    depth = sum(1 for n in g if n.op is Attention)
     assert len(calls) == depth  # one fused call per block: no loop over heads or tokens
-    heads = next(n for n in g if n.op is vitgraph.Op.ATTENTION).attr("heads")
+    heads = next(n for n in g if n.op is Attention).attrs.heads
     assert all(shape[:2] == (2, heads) for shape in calls)
 
 

@@ -115,13 +115,20 @@ def test_vit_family_matches_reference(case, train) -> None:
     assert_same(model, VisionTransformer(cfg), _image(2), train)
 
 
-@pytest.mark.parametrize("spec", ["pit", "sl_pit"])
+# naver-ai/pit's pooling (no pointwise conv), as a patch of the paper's PiT
+PIT_NAVER = f'use "{ROOT}/specs/pit.vg"\nmodel pit_naver extends pit {{\n    stage downsample pit {{ }}\n}}\n'
+
+
+@pytest.mark.parametrize("spec", ["pit", "sl_pit", "pit_naver"])
 def test_pit_family_matches_reference(spec) -> None:
-    """Pyramids: PiT's depthwise-conv pooling, SL-PiT's SPT merging (cls token via Linear)."""
+    """Pyramids: the small-datasets paper's depthwise + pointwise pooling, naver-ai/pit's
+    depthwise pooling, SL-PiT's SPT merging (cls token via Linear)."""
     torch.manual_seed(0)
-    model = vitgraph.to_torch(vitgraph.compile(ROOT / f"specs/{spec}.vg", image=32, patch=4, drop_path=0.0))
+    source = PIT_NAVER if spec == "pit_naver" else ROOT / f"specs/{spec}.vg"
+    model = vitgraph.to_torch(vitgraph.compile(source, image=32, patch=4, drop_path=0.0))
     perturb(model, seed=5, scale=0.02)
-    assert_same(model, PiT(PiTConfig(image=32, patch=4, spt_lsa=spec == "sl_pit")), _image(6), train=True)
+    cfg = PiTConfig(image=32, patch=4, spt_lsa=spec == "sl_pit", pointwise=spec == "pit")
+    assert_same(model, PiT(cfg), _image(6), train=True)
 
 
 def test_deit_block_matches_reference() -> None:

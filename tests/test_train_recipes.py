@@ -1,10 +1,14 @@
-"""Every recipe file resolves to the values of docs/PAPERS.md; overrides are typed and checked."""
+"""Every recipe file resolves to the values of docs/PAPERS.md; overrides are typed and every value is
+range-checked when the recipe is resolved."""
 from __future__ import annotations
+
+from dataclasses import fields
 
 import pytest
 
+from vitgraph.cli import main
 from vitgraph.diagnostics import UserError
-from vitgraph.train.recipes import load_recipe, recipe_names
+from vitgraph.train.recipes import RANGES, Recipe, load_recipe, recipe_names
 
 AUGREG_PRESETS = {"none": (0, 0, 0.0), "light1": (2, 0, 0.0), "light2": (2, 10, 0.2), "medium1": (2, 15, 0.2),
                   "medium2": (2, 15, 0.5), "strong1": (2, 20, 0.5), "strong2": (2, 20, 0.8)}
@@ -73,14 +77,53 @@ def test_overrides_are_typed():
     ({"epochs": "many"}, "epochs expects int"),
     ({"epochs": "2.5"}, "epochs expects int"),
     ({"crop": "square"}, "crop = 'square'; expected one of"),
-    ({"mix_prob": "1.5"}, "mix_prob = 1.5 is not in"),
     ({"flip": "maybe"}, "flip expects bool"),
-    ({"batch_size": "0"}, "batch_size must be at least 1"),
 ])
 def test_bad_overrides(overrides, message):
     with pytest.raises(UserError, match=message) as e:
         load_recipe("small-datasets", overrides)
     assert e.value.status == 2
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("eval_crop_pct", "0", "0 < eval_crop_pct <= 1"),
+    ("eval_crop_pct", "1.5", "0 < eval_crop_pct <= 1"),
+    ("lr", "nan", "lr > 0"),
+    ("lr", "inf", "lr > 0"),
+    ("lr", "-1", "lr > 0"),
+    ("momentum", "-5", "0 <= momentum < 1"),
+    ("epochs", "-3", "epochs >= 1"),
+    ("batch_size", "0", "batch_size >= 1"),
+    ("weight_decay", "-0.1", "weight_decay >= 0"),
+    ("warmup_epochs", "-1", "warmup_epochs >= 0"),
+    ("label_smoothing", "1", "0 <= label_smoothing < 1"),
+    ("mix_prob", "1.5", "0 <= mix_prob <= 1"),
+    ("ema_decay", "1", "0 <= ema_decay < 1"),
+    ("rrc_scale_min", "0", "0 < rrc_scale_min <= 1"),
+    ("erase_area_max", "0.01", "0.02 <= erase_area_max <= 1"),
+    ("distill_tau", "0", "distill_tau > 0"),
+    ("mixup_alpha", "nan", "mixup_alpha >= 0"),
+])
+def test_values_out_of_range_name_the_key_the_value_and_the_range(key, value, allowed):
+    with pytest.raises(UserError) as e:
+        load_recipe("deit", {key: value})
+    shown = float(value) if key not in ("epochs", "batch_size") else int(value)
+    assert e.value.message == f"recipe deit: {key} = {shown} is out of range; expected {allowed}"
+    assert e.value.status == 2
+
+
+def test_every_number_of_a_recipe_has_a_range():
+    numbers = {f.name for f in fields(Recipe) if f.type in ("int", "float")}
+    assert numbers == set(RANGES)
+
+
+def test_a_bad_value_is_refused_before_any_data_is_read(tmp_path, capsys):
+    """eval_crop_pct is used only when evaluating; it used to fail after a whole epoch."""
+    code = main(["train", "specs/vit.vg", "--dataset", "cifar10", "--data-root", str(tmp_path), "--no-download",
+                 "--recipe-set", "eval_crop_pct=0", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: recipe small-datasets: eval_crop_pct = 0.0 is out of range")
+    assert "not found" not in err and not (tmp_path / "run").exists()
 
 
 def test_unknown_recipe_suggests():

@@ -14,13 +14,13 @@ from typing import Any
 
 from .counting import CountReport, count
 from .diagnostics import SpecError, render
-from .ir import Graph, Node, Op, TensorType
-from .ops import Counts, buffer_table, param_table
+from .ir import Graph, Node, TensorType
+from .ops import OPS, Counts, OpDef, buffer_table, param_table
 from .passes import run_pipeline
 from .printer import format_graph
 
 __all__ = ["compile", "count", "to_torch", "to_onnx", "format_graph", "param_table", "buffer_table",
-           "Graph", "Node", "Op", "TensorType", "Counts", "CountReport", "SpecError", "render"]
+           "Graph", "Node", "OpDef", "OPS", "TensorType", "Counts", "CountReport", "SpecError", "render"]
 __version__ = "0.1.0"
 
 

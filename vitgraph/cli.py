@@ -1,13 +1,16 @@
 """The `vitgraph` command. Each subcommand lives in vitgraph/commands/<name>.py with
 `add_arguments(parser)` and `run(args) -> int`, imported only when it is invoked so that
 `vitgraph check` never loads torch. Errors become one message and an exit status:
-2 for a bad spec or flag, 1 for other user errors; never a traceback."""
+2 for a bad spec or flag, 1 for other user errors; never a traceback. Anything else is a bug
+in vitgraph: one line asking for a report and exit status 70 (EX_SOFTWARE), with the
+traceback only under `vitgraph --debug COMMAND`."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
 import sys
+import traceback
 from typing import Sequence
 
 from .diagnostics import SpecError, UserError, render
@@ -97,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="The main job: `vitgraph bench` runs the smoke suite (ViT vs SL-ViT on the shipped "
                             "digits, CPU, a few minutes). `vitgraph COMMAND --help` tells more.")
     parser.add_argument("--version", action="version", version=f"vitgraph {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -117,10 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv:
+    args = parser.parse_args(split_key_values(argv))
+    if args.command is None:  # a bare `vitgraph` (or `vitgraph --debug`): what there is to run
         parser.print_help()
         return 0
-    args = parser.parse_args(split_key_values(argv))
     if getattr(args, "_missing", None):
         print(f"error: the '{args._missing}' command is not available in this build", file=sys.stderr)
         return 2
@@ -139,6 +143,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         return 0
+    except Exception as e:  # noqa: BLE001 - the last resort: a bug, reported as one line
+        return _internal_error(args.command, e, args.debug)
+
+
+EX_SOFTWARE = 70  # sysexits.h: an internal software error
+
+
+def _internal_error(command: str, error: Exception, debug: bool) -> int:
+    """One line naming the command and asking for a bug report (the traceback with --debug)."""
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
+    what = f"{type(error).__name__}: {error}".splitlines()[0]
+    rerun = "" if debug else "; rerun with `vitgraph --debug ...` for the traceback"
+    print(f"internal error in `vitgraph {command}` ({what}); this is a bug in vitgraph, please report it "
+          f"with the command you ran{rerun}", file=sys.stderr)
+    return EX_SOFTWARE
 
 
 if __name__ == "__main__":

@@ -48,6 +48,34 @@ class SpecError(Exception):
         return self.message
 
 
+def split_lines(text: str) -> list[str]:
+    """A spec's lines as the parser counts them: split at "\n" only (not at form feeds,
+    vertical tabs or Unicode line separators, which str.splitlines also splits at), with a
+    trailing "\r" dropped."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _visible(line: str) -> str:
+    """A source line for a terminal: control characters shown as one '?' each, so the
+    caret under it keeps its column."""
+    return "".join("?" if (ord(c) < 32 and c != "\t") or 0x7f <= ord(c) < 0xa0 or c in "\u2028\u2029" else c
+                   for c in line)
+
+
+SHOWN = 100  # characters of a long source line shown around the caret
+
+
+def _window(line: str, start: int, width: int) -> tuple[str, int, int]:
+    """A long line cut to a window around the span, '...' marking what was cut."""
+    if len(line) <= 2 * SHOWN:
+        return line, start, width
+    left = max(0, start - SHOWN // 2)
+    right = min(len(line), left + SHOWN)
+    head = "..." if left else ""
+    tail = "..." if right < len(line) else ""
+    return head + line[left:right] + tail, start - left + len(head), max(1, min(width, right - start))
+
+
 class Sources:
     """The text of every file read so far, so any span can be shown with its line."""
 
@@ -61,7 +89,7 @@ class Sources:
         text = self._text.get(name)
         if text is None:
             return None
-        lines = text.splitlines()
+        lines = split_lines(text)
         return lines[number - 1] if 0 < number <= len(lines) else None
 
 
@@ -90,9 +118,10 @@ def render(err: SpecError, sources: Sources | None = None) -> str:
     if line is not None:
         start = span.column - 1
         end = span.end_column - 1 if span.end_line == span.line else len(line)
-        width = max(1, end - start)
-        out.append("    " + line)
-        out.append("    " + " " * start + "^" + "~" * (width - 1))
+        width = max(1, min(end, len(line) + 1) - start)
+        line, start, width = _window(line, start, width)
+        out.append("    " + _visible(line))
+        out.append("    " + "".join(c if c == "\t" else " " for c in line[:start]) + "^" + "~" * (width - 1))
     out.extend(f"note: {n}" for n in err.notes)
     return "\n".join(out)
 
@@ -107,3 +136,7 @@ class UserError(Exception):
         self.message = message
         self.hint = hint
         self.status = status
+
+    def text(self) -> str:
+        """What the command line prints: `error: message`, then `hint: ...` when there is one."""
+        return f"error: {self.message}" + (f"\nhint: {self.hint}" if self.hint else "")

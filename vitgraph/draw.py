@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fileio import write_atomic
 from .ir import Graph, Node
 from .ops import node_counts
 
@@ -33,7 +34,7 @@ def _label(graph: Graph, node: Node) -> str:
         cost.append(f"{c.macs / 1e6:.1f}M MACs")
     if c.bops:
         cost.append(f"{c.bops / 1e6:.1f}M BOPs")
-    return f"{node.name}\n{node.op.value} {node.out}" + (f"\n{', '.join(cost)}" if cost else "")
+    return f"{node.name}\n{node.op.name} {node.out}" + (f"\n{', '.join(cost)}" if cost else "")
 
 
 def _fill(graph: Graph, node: Node) -> str:
@@ -184,8 +185,10 @@ def render_image(graph: Graph, path: Path, expand: bool = False) -> None:
               loc="lower right", fontsize=7, title="precision", title_fontsize=7)
     ax.set_title(f"{graph.name}" + ("" if expand else "  (identical blocks drawn once; --expand draws all)"),
                  fontsize=10)
-    fig.savefig(path, bbox_inches="tight", dpi=100)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:], bbox_inches="tight", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def _box(ax, graph: Graph, node: Node, x: float, y: float, patch, block: str) -> None:

@@ -1,34 +1,20 @@
 """The intermediate representation: a networkx DiGraph of frozen nodes behind a small
 Graph type. One node is one layer of the network (a module with its own parameters, or
-a parameter-free join such as a residual add); its `name` is the module path that the
-backends use for submodules, state-dict keys and ONNX names.
+a parameter-free join such as a residual add); its `op` is the op unit that defines it
+(vitgraph/ops/), its `attrs` that unit's typed attributes, and its `name` the module
+path that the backends use for submodules, state-dict keys and ONNX names.
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator
 
 import networkx as nx
 
 from .diagnostics import Span
 
-
-class Op(enum.Enum):
-    INPUT = "input"                # the image batch, (B, C, H, W)
-    PATCHIFY = "patchify"          # p x p stride-p conv patch embedding (DeiT), or a conv stem with a norm (BinaryViT)
-    SHIFT_TOKENIZE = "shift-tokenize"  # Shifted Patch Tokenization: 4 diagonal half-patch shifts, concat, LN, Linear
-    TOKENS = "tokens"              # prepend learned cls (and distill) tokens
-    POS_EMBED = "pos-embed"        # add a learned position embedding
-    NORM = "norm"                  # LayerNorm or BatchNorm over channels
-    ATTENTION = "attention"        # multi-head self-attention: plain, LSA, spatial-reduction, binary
-    MLP = "mlp"                    # two-layer feed-forward (GELU; binary: RPReLU-wrapped binary linears)
-    POOL_BRANCHES = "pool-branches"  # BinaryViT: sum of per-branch affine(AvgPool2d_k(x))
-    AFFINE = "affine"              # per-channel x * scale + shift before a residual add
-    DROP_PATH = "drop-path"        # stochastic depth on a residual branch (identity at inference)
-    ADD = "add"                    # residual sum of two or more branches
-    DOWNSAMPLE = "downsample"      # pyramid stage transition: PiT pooling, BinaryViT merging or SPT merging
-    HEAD = "head"                  # classifier on the cls token, the average of all tokens, or cls+distill
+if TYPE_CHECKING:
+    from .ops import OpDef
 
 
 @dataclass(frozen=True)
@@ -45,6 +31,10 @@ class TensorType:
         return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
 
     @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
     def dim(self) -> int:
         return int(self.shape[-1])
 
@@ -53,51 +43,30 @@ class TensorType:
         return int(self.shape[1])
 
 
-Attrs = tuple[tuple[str, Any], ...]
-
-
-def freeze_attrs(attrs: Mapping[str, Any]) -> Attrs:
-    def freeze(v: Any) -> Any:
-        if isinstance(v, list):
-            return tuple(freeze(x) for x in v)
-        return v
-
-    return tuple(sorted((k, freeze(v)) for k, v in attrs.items()))
-
-
 @dataclass(frozen=True)
 class Node:
-    """One layer. `attrs` are immutable (sorted key/value pairs); `span` is where in the
-    spec the node came from and takes no part in equality."""
+    """One layer. `op` is its op unit (a class in vitgraph/ops/), `attrs` that unit's frozen
+    attribute dataclass; `group` is the block (or stem, head, transition) it belongs to and
+    `stage` the stage; `span` is where in the spec the node came from and takes no part in
+    equality."""
 
     id: int
-    op: Op
+    op: "type[OpDef]"
     name: str
     inputs: tuple[int, ...]
-    attrs: Attrs
+    attrs: Any
     group: str
+    stage: str
     out: TensorType | None = None
     span: Span | None = field(default=None, compare=False)
-
-    def attr(self, key: str, default: Any = None) -> Any:
-        for k, v in self.attrs:
-            if k == key:
-                return v
-        return default
-
-    @property
-    def a(self) -> dict[str, Any]:
-        return dict(self.attrs)
-
-    def with_attrs(self, **changes: Any) -> "Node":
-        merged = dict(self.attrs)
-        merged.update(changes)
-        return replace(self, attrs=freeze_attrs(merged))
 
     @property
     def binary(self) -> frozenset[str]:
         """What of this node is binarized: a subset of {weights, activations, attention}."""
-        return frozenset(self.attr("binary", ()))
+        return frozenset(getattr(self.attrs, "binary", ()))
+
+    def with_attrs(self, **changes: Any) -> "Node":
+        return replace(self, attrs=replace(self.attrs, **changes))
 
 
 @dataclass
@@ -118,19 +87,33 @@ class Graph:
     def __init__(self, name: str, spec: SpecInfo | None = None) -> None:
         self.name = name
         self.spec = spec
+        self.init: Any = None  # the model's initialisation policy (vitgraph/init.py InitSpec)
         self._g = nx.DiGraph()
         self._next = 0
 
     # -- building -------------------------------------------------------------------
-    def add(self, op: Op, name: str, inputs: tuple[int, ...] | list[int], attrs: Mapping[str, Any],
-            group: str, span: Span | None) -> int:
+    def add(self, op: "type[OpDef]", name: str, inputs: tuple[int, ...] | list[int], attrs: Any,
+            group: str, stage: str, span: Span | None) -> int:
+        """Append a node; its output type comes from its op's shape rule (which checks it)."""
         nid = self._next
+        node = Node(nid, op, name, tuple(inputs), attrs, group, stage, None, span)
+        node = replace(node, out=op.shape(node, [self.node(i).out for i in node.inputs]))
         self._next += 1
-        node = Node(nid, op, name, tuple(inputs), freeze_attrs(attrs), group, None, span)
         self._g.add_node(nid, node=node)
         for i in node.inputs:
             self._g.add_edge(i, nid)
         return nid
+
+    def remove(self, nid: int) -> None:
+        self._g.remove_node(nid)
+
+    def rewire(self, node: Node) -> None:
+        """Replace a node, including its inputs (the edges follow)."""
+        for i in list(self._g.predecessors(node.id)):
+            self._g.remove_edge(i, node.id)
+        for i in node.inputs:
+            self._g.add_edge(i, node.id)
+        self._g.nodes[node.id]["node"] = node
 
     def replace(self, node: Node) -> None:
         self._g.nodes[node.id]["node"] = node
@@ -156,7 +139,7 @@ class Graph:
 
     @property
     def input(self) -> Node:
-        return next(n for n in self.nodes() if n.op is Op.INPUT)
+        return next(n for n in self.nodes() if not n.inputs)
 
     @property
     def output(self) -> Node:
@@ -170,6 +153,14 @@ class Graph:
 
     def groups(self) -> list[str]:
         return list(dict.fromkeys(n.group for n in self.nodes()))
+
+    def copy(self) -> "Graph":
+        """A graph with the same nodes, for passes that rewrite (nodes are immutable)."""
+        out = Graph(self.name, self.spec)
+        out.init = self.init
+        out._g = self._g.copy()
+        out._next = self._next
+        return out
 
     @property
     def classes(self) -> int:

@@ -1,227 +1,118 @@
 """AST -> IR. Reads a spec file and the files it `use`s, resolves parameters (with the
-caller's overrides), flattens `extends`, checks every statement against one table of
-word schemas, and expands blocks and stages into graph nodes in a canonical order:
-input, stem, tokens, position embedding, blocks or stages, final norm, head.
+caller's overrides), merges `extends` (a child's statement replaces the parent's of the
+same kind; a header-less `blocks { ... }` or `stage { ... }` patches every body of the
+parent), and lowers the model body in the order written.
+
+A model body holds settings (`norm`, `drop-path`, `binarize`, `init`: model-wide, in any
+order) and layers, in order: the op units' model words (input, patch embeddings, tokens,
+position embeddings, head, ...), `blocks N { ... }` and `stage D depth N { ... }`. A
+block body is a sequence too: each mixer (attention, mlp, ...) is one pre-norm residual
+branch, norm -> mixer -> modifiers -> drop-path -> add; modifiers (affine-residual, ...)
+apply to every branch of the block; a parallel word (pool-branches) adds a branch beside
+the mixer before it. Inside a body, `index` is the block's position in its statement.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import init as initialisation
 from .diagnostics import Sources, Span, SpecError, did_you_mean, suggestion
-from .ir import Graph, Op, SpecInfo
+from .ir import Graph, SpecInfo, TensorType
+from .lang import BOOLS, Env, Matched, Schema, match
+from .ops import WORDS, OpDef, Resolve, Settings, words_of
+from .ops.add import Add, AddAttrs
+from .ops.downsample import Downsample, downsample_kinds
+from .ops.drop_path import DropPath, DropPathAttrs
+from .ops.head import Head
+from .ops.norm import Norm, NormAttrs
+from .ops.slice import Concat, ConcatAttrs, Slice, SliceAttrs
 from .syntax import Arg, Model, Module, Param, Stmt, Use, parse
 
-# -- word schemas ------------------------------------------------------------------
-# Positional slots: "int:key", "num:key", "lit:x", "arrow", "choice:key:a|b",
-# "choices:key:a|b" (one or more), "kernels:key" (one or more); a leading "?" makes a slot
-# optional. Options are `key value` pairs after the positional slots; flags are bare words.
-
-
-@dataclass(frozen=True)
-class Schema:
-    slots: tuple[str, ...] = ()
-    options: Mapping[str, str] = field(default_factory=dict)
-    flags: frozenset[str] = frozenset()
-    body: bool = False
-    usage: str = ""
-
-
-MODEL_WORDS: dict[str, Schema] = {
-    "input": Schema(("int:channels", "lit:x", "int:height", "lit:x", "int:width"), usage="input 3 x image x image"),
-    "patchify": Schema(("int:patch", "arrow", "int:dim"), {"bias": "bool"}, usage="patchify patch -> 192"),
-    "shift-tokenize": Schema(("int:patch", "arrow", "int:dim"), usage="shift-tokenize patch -> 192"),
-    "stem": Schema(("choice:kind:conv", "int:patch", "arrow", "int:dim"),
-                   {"precision": "choice:fp|binary", "bias": "bool"}, usage="stem conv 4 -> 64 precision fp"),
-    "tokens": Schema(("choices:tokens:cls|distill|none",), usage="tokens cls distill"),
-    "pos-embed": Schema(("choice:kind:learned|none",), usage="pos-embed learned"),
-    "norm": Schema(("choice:kind:layer|batch",), {"eps": "num"}, usage="norm layer eps 1e-6"),
+# -- the language's own words ---------------------------------------------------------------
+SETTINGS: dict[str, Schema] = {
+    "norm": Schema(("choice:kind:layer|batch",), {"eps": "pos"}, usage="norm layer eps 1e-6"),
     "drop-path": Schema(("num:rate", "?choice:schedule:linear|constant"), usage="drop-path 0.1 linear"),
-    "blocks": Schema(("int:depth",), body=True, usage="blocks 12 { attention heads 3; mlp ratio 4 }"),
-    "stage": Schema(("int:dim",), {"depth": "int", "downsample": "choice:pit|merge|spt"}, frozenset({"pos-embed"}),
-                    body=True, usage="stage 128 depth 4 downsample merge pos-embed { ... }"),
-    "head": Schema(("choice:kind:token|gap|token+distill", "arrow", "int:classes"), usage="head token -> classes"),
     "binarize": Schema(("choices:what:weights|activations|attention|none",
                         "?except", "?choices:exempt:stem|blocks|transitions|head"),
                        usage="binarize weights activations attention except stem head"),
+    "init": Schema(usage=initialisation.USAGE),
 }
-BLOCK_WORDS: dict[str, Schema] = {
-    "attention": Schema((), {"heads": "int", "head-dim": "int", "qkv-bias": "bool", "reduce": "int"},
-                        usage="attention heads 6 head-dim 64 qkv-bias true reduce 1"),
-    "lsa": Schema((), {"heads": "int", "head-dim": "int", "qkv-bias": "bool"}, usage="lsa heads 12 head-dim 16"),
-    "mlp": Schema((), {"ratio": "num", "hidden": "int"}, usage="mlp ratio 4 | mlp hidden 1536"),
-    "pool-branches": Schema(("kernels:kernels",), usage="pool-branches 3x1 1x3 5x1 1x5"),
-    "affine-residual": Schema((), {"init": "num"}, usage="affine-residual init 0.1"),
-}
-BOOLS = {"true": True, "false": False, "yes": True, "no": False}
-_TYPE_NAMES = {"int": "an integer", "num": "a number", "bool": "true or false", "str": "a string"}
+NORM_EPS = {"layer": 1e-6, "batch": 1e-5}
 
 
-def _arg_type(arg: Arg) -> str:
-    return {"int": "an integer", "float": "a number", "string": "a string", "word": f"the word '{arg.value}'",
-            "arrow": "'->'", "kernel": f"the kernel {arg.text()}", "expr": "an expression"}[arg.kind]
+def structure_schemas() -> dict[str, Schema]:
+    kinds = "|".join(downsample_kinds())
+    return {
+        "blocks": Schema(("int:depth",), {"drop-path": "num"}, body=True,
+                         usage="blocks 12 { attention heads 3; mlp ratio 4 }"),
+        "stage": Schema(("int:dim",), {"depth": "int", "downsample": f"choice:{kinds}", "drop-path": "num"},
+                        frozenset({"pos-embed"}), body=True,
+                        usage="stage 128 depth 4 downsample merge pos-embed { ... }"),
+    }
 
 
-class Env:
-    """Resolved parameter values and where each came from."""
-
-    def __init__(self, values: dict[str, Any], spans: dict[str, Span | None]) -> None:
-        self.values = values
-        self.spans = spans
-
-    def value(self, arg: Arg) -> Any:
-        if arg.kind in ("int", "float", "string"):
-            return arg.value
-        if arg.kind == "word":
-            if arg.value in BOOLS:
-                return BOOLS[arg.value]
-            if arg.value not in self.values:
-                raise SpecError(f"unknown name '{arg.value}'" + suggestion(arg.value, self.values),
-                                arg.span, [f"parameters here: {', '.join(sorted(self.values)) or 'none'}"])
-            return self.values[arg.value]
-        if arg.kind == "expr":
-            op, a, b = arg.value
-            x, y = self.value(a), self.value(b)
-            for v, part in ((x, a), (y, b)):
-                if isinstance(v, (str, bool)) or not isinstance(v, (int, float)):
-                    raise SpecError(f"expected a number in this expression, found {v!r}", part.span)
-            if op == "+":
-                return x + y
-            if op == "-":
-                return x - y
-            if op == "*":
-                return x * y
-            if y == 0:
-                raise SpecError("division by zero", arg.span)
-            return x // y if isinstance(x, int) and isinstance(y, int) and x % y == 0 else x / y
-        raise SpecError(f"expected a value, found {_arg_type(arg)}", arg.span)
+STRUCTURES = ("blocks", "stage")
+MAX_BLOCKS = 1000  # blocks of one statement (the deepest models in the papers have 48)
+BODY_ROLES = ("mixer", "modifier", "parallel")
 
 
-def _typed(env: Env, arg: Arg, kind: str, what: str) -> Any:
-    """Evaluate `arg` and check it has type `kind` (int, num, bool, choice:a|b)."""
-    if kind.startswith("choice:"):
-        choices = kind.split(":", 1)[1].split("|")
-        if arg.kind != "word" or arg.value not in choices:
-            found = arg.value if arg.kind == "word" else arg.text()
-            raise SpecError(f"{what} expects one of {', '.join(choices)}, found '{found}'"
-                            + (suggestion(str(found), choices) if arg.kind == "word" else ""), arg.span)
-        return arg.value
-    if arg.kind == "arrow" or arg.kind == "kernel":
-        raise SpecError(f"{what} expects {_TYPE_NAMES[kind]}, found {_arg_type(arg)}", arg.span)
-    v = env.value(arg)
-    ok = {"int": isinstance(v, int) and not isinstance(v, bool),
-          "num": isinstance(v, (int, float)) and not isinstance(v, bool),
-          "bool": isinstance(v, bool)}[kind]
-    if not ok:
-        shown = f"'{arg.value}' = {v!r}" if arg.kind == "word" and arg.value not in BOOLS else repr(v)
-        raise SpecError(f"{what} expects {_TYPE_NAMES[kind]}, found {shown}", arg.span)
-    if kind == "int" and v <= 0:
-        raise SpecError(f"{what} expects a positive integer, found {v}", arg.span)
-    if kind == "num" and v < 0:
-        raise SpecError(f"{what} expects a non-negative number, found {v}", arg.span)
-    return float(v) if kind == "num" else v
+def is_patch(stmt: Stmt) -> bool:
+    """A header-less `blocks { ... }` / `stage [options] { ... }`: an edit of a parent's bodies."""
+    if stmt.word not in STRUCTURES:
+        return False
+    first = stmt.args[0] if stmt.args else None
+    schema = structure_schemas()[stmt.word]
+    return first is None or (first.kind == "word" and (first.value in schema.options or first.value in schema.flags))
 
 
-def match(stmt: Stmt, schema: Schema, env: Env) -> dict[str, Any]:
-    """Check a statement's arguments against its schema; return them by key."""
-    out: dict[str, Any] = {}
-    args = list(stmt.args)
-    i = 0
-    usage = f"expected `{schema.usage}`"
-    for slot in schema.slots:
-        optional = slot.startswith("?")
-        slot = slot.lstrip("?")
-        kind, _, rest = slot.partition(":")
-        key, _, choices = rest.partition(":")
-        arg = args[i] if i < len(args) else None
-        if kind == "except":
-            if arg is not None and arg.kind == "word" and arg.value == "except":
-                out["except"] = True
-                i += 1
-            continue
-        if kind == "choices" and optional and not out.get("except"):
-            continue
-        if arg is None:
-            if optional:
-                continue
-            raise SpecError(f"'{stmt.word}' is missing its {key or slot}", stmt.span, [usage])
-        if kind == "lit":
-            if arg.kind != "word" or arg.value != key:
-                raise SpecError(f"expected '{key}' here, found {_arg_type(arg)}", arg.span, [usage])
-            i += 1
-        elif kind == "arrow":
-            if arg.kind != "arrow":
-                raise SpecError(f"expected '->' here, found {_arg_type(arg)}", arg.span, [usage])
-            i += 1
-        elif kind == "choice":
-            if optional and not (arg.kind == "word" and arg.value in choices.split("|")):
-                continue
-            out[key] = _typed(env, arg, f"choice:{choices}", f"'{stmt.word}'")
-            i += 1
-        elif kind == "choices":
-            vals = []
-            allowed = choices.split("|")
-            while i < len(args) and args[i].kind == "word" and args[i].value != "except":
-                vals.append(_typed(env, args[i], f"choice:{choices}", f"'{stmt.word}'"))
-                i += 1
-            if not vals:
-                raise SpecError(f"'{stmt.word}' expects one or more of {', '.join(allowed)}",
-                                arg.span if arg else stmt.span, [usage])
-            out[key] = tuple(vals)
-        elif kind == "kernels":
-            vals = []
-            while i < len(args) and args[i].kind == "kernel":
-                vals.append(args[i].value)
-                i += 1
-            if not vals:
-                raise SpecError(f"'{stmt.word}' expects kernels like 3x1, found {_arg_type(arg)}", arg.span, [usage])
-            out[key] = tuple(vals)
-        else:
-            out[key] = _typed(env, arg, kind, f"'{stmt.word}'")
-            i += 1
-    while i < len(args):
-        arg = args[i]
-        name = arg.value if arg.kind == "word" else None
-        if name in schema.flags:
-            out[name] = True
-            i += 1
-            continue
-        if name in schema.options:
-            if i + 1 >= len(args):
-                raise SpecError(f"option '{name}' of '{stmt.word}' needs a value", arg.span, [usage])
-            out[name] = _typed(env, args[i + 1], schema.options[name], f"'{name}'")
-            i += 2
-            continue
-        known = list(schema.options) + list(schema.flags)
-        if name is not None and known:
-            raise SpecError(f"'{stmt.word}' has no option '{name}'" + suggestion(name, known), arg.span,
-                            [f"options of '{stmt.word}': {', '.join(known)}"])
-        raise SpecError(f"unexpected {_arg_type(arg)} after '{stmt.word}'", arg.span, [usage])
-    if schema.body and stmt.body is None:
-        raise SpecError(f"'{stmt.word}' needs a body in braces", stmt.span, [usage])
-    if not schema.body and stmt.body is not None:
-        raise SpecError(f"'{stmt.word}' takes no body", stmt.span)
-    return out
+def family(word: str) -> str:
+    """Statements of one family replace each other in `extends` (patchify / stem /
+    shift-tokenize are all the model's tokenizer; attention / lsa are its attention)."""
+    op = WORDS.get(word)
+    return (op.family or op.name) if op is not None else word
+
+
+def setting_slot(stmt: Stmt) -> str:
+    if stmt.word == "init" and stmt.args and stmt.args[0].kind == "word" \
+            and stmt.args[0].value not in initialisation.POLICIES:
+        return f"init {family(stmt.args[0].value)}"
+    return stmt.word
 
 
 # -- loading files -----------------------------------------------------------------
-@dataclass
-class Loaded:
-    sources: Sources
-    texts: dict[str, str]
-    params: dict[str, Param]
-    models: dict[str, Model]
-    main_models: list[str]
-
-
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+MAX_SPEC_BYTES = 256 * 1024  # the zoo's largest spec is ~2 KB; lark parses ~100 KB/s
+
+
+def _short(path: object) -> str:
+    text = str(path)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _read_spec(path: Path, span: Span | None = None) -> bytes:
+    """A spec file's bytes, at most MAX_SPEC_BYTES; every failure one located message."""
+    try:
+        if path.is_dir():
+            found = sorted(p.name for p in path.glob("*.vg"))[:5]
+            raise SpecError(f"'{path}' is a folder, not a spec file", span,
+                            [f"specs in it: {', '.join(found)}" if found else "expected a .vg file"])
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec '{path}' is {size / 1024:.0f} KiB; spec files are limited to "
+                            f"{MAX_SPEC_BYTES // 1024} KiB", span)
+        return path.read_bytes()[:MAX_SPEC_BYTES + 1]
+    except OSError as e:
+        raise SpecError(f"cannot read spec '{_short(path)}': {e.strerror or e}", span) from None
 
 
 class Loader:
@@ -232,12 +123,17 @@ class Loader:
         self.models: dict[str, Model] = {}
         self._seen: set[Path] = set()
 
-    def load_file(self, path: Path) -> list[str]:
+    def load_file(self, path: Path, span: Span | None = None) -> list[str]:
+        data, name = _read_spec(path, span), _display(path)
         try:
-            text = path.read_text()
-        except OSError as e:
-            raise SpecError(f"cannot read spec '{path}': {e.strerror or e}") from None
-        return self.load_text(text, _display(path), path.parent)
+            text = data.decode("utf-8-sig")  # UTF-8, a byte-order mark allowed
+        except UnicodeDecodeError as e:
+            self.sources.add(name, data.decode("utf-8", errors="replace"))
+            line = data.count(b"\n", 0, e.start) + 1
+            col = len(data[data.rfind(b"\n", 0, e.start) + 1:e.start].decode("utf-8", errors="replace")) + 1
+            raise SpecError(f"byte 0x{data[e.start]:02x} is not UTF-8", Span(name, line, col, line, col + 1),
+                            ["expected a text file in UTF-8"]) from None
+        return self.load_text(text, name, path.parent)
 
     def load_text(self, text: str, name: str, base_dir: Path) -> list[str]:
         self.sources.add(name, text)
@@ -269,15 +165,21 @@ class Loader:
 
     def _use(self, use: Use, base_dir: Path) -> None:
         target = (base_dir / use.path)
-        if not target.is_file():
+        try:
+            found = target.exists()
+            key = target.resolve()
+        except OSError as e:
+            raise SpecError(f"cannot read '{_short(use.path)}': {e.strerror or e}", use.span) from None
+        if not found:
             here = sorted(p.name for p in base_dir.glob("*.vg")) if base_dir.is_dir() else []
             raise SpecError(f"cannot find '{use.path}'" + suggestion(Path(use.path).name, here), use.span,
                             [f"looked in {_display(base_dir) or '.'}/"])
-        key = target.resolve()
         if key in self._seen:
             return
         self._seen.add(key)
-        self.load_file(target)
+        if sum(len(t) for t in self.texts.values()) > MAX_SPEC_BYTES:
+            raise SpecError(f"the specs `use`d here add up to more than {MAX_SPEC_BYTES // 1024} KiB", use.span)
+        self.load_file(target, use.span)
 
 
 def resolve_params(loader: Loader, overrides: Mapping[str, Any]) -> Env:
@@ -285,6 +187,9 @@ def resolve_params(loader: Loader, overrides: Mapping[str, Any]) -> Env:
     spans: dict[str, Span | None] = {}
     env = Env(values, spans)
     for name, p in loader.params.items():
+        if name in ("index",):
+            raise SpecError(f"'{name}' is a name of the language (a block's position in its body); "
+                            "choose another parameter name", p.span)
         v = env.value(p.value)
         if p.type is not None:
             want = {"int": int, "float": float, "num": float, "str": str, "bool": bool}.get(p.type)
@@ -327,12 +232,9 @@ def _coerce(key: str, raw: Any, default: Any, where: str) -> Any:
         raise SpecError(f"parameter '{key}' expects {name}, found '{text}'", where=where) from None
 
 
-STEM_WORDS = ("patchify", "shift-tokenize", "stem")  # a child's patch embedding replaces the parent's
-
-
+# -- extends: merging a child into its parent ------------------------------------------------
 def flatten(loader: Loader, name: str, span: Span | None) -> list[Stmt]:
-    """The model's statements with its `extends` chain merged (child words replace parent words;
-    any blocks/stage statement in the child replaces all of the parent's)."""
+    """The model's statements with its `extends` chain merged, root first."""
     chain: list[str] = []
     model = loader.models.get(name)
     if model is None:
@@ -353,217 +255,388 @@ def flatten(loader: Loader, name: str, span: Span | None) -> list[Stmt]:
             raise SpecError(f"'{cur.name}' extends unknown model '{cur.base}'" + suggestion(cur.base, loader.models),
                             cur.base_span, ["expected a model defined in this file or in a file it `use`s"])
         cur = loader.models[cur.base]
-    merged: list[Stmt] = []
-    for m in reversed(lineage):
-        child_words = {s.word for s in m.body}
-        structural = bool(child_words & {"blocks", "stage"})
-        kept = [s for s in merged if s.word not in child_words and not (structural and s.word in ("blocks", "stage"))]
-        if child_words & set(STEM_WORDS):
-            kept = [s for s in kept if s.word not in STEM_WORDS]
-        merged = kept + list(m.body)
+    merged = list(lineage[-1].body)
+    for parent, child in zip(reversed(lineage), list(reversed(lineage))[1:]):
+        merged = merge(merged, child, parent.name)
     return merged
 
 
+def structure_name(stmt: Stmt) -> str:
+    return stmt.alias or ("blocks" if stmt.word == "blocks" else "stages")
+
+
+def merge(parent: list[Stmt], child: Model, parent_name: str) -> list[Stmt]:
+    """A child's statements applied to its parent's: settings and layers replace the
+    parent's statement of the same kind, in place; structures with a header replace the
+    parent's structures of the same name; header-less structures patch them."""
+    out = list(parent)
+    replaced: set[tuple[str, str]] = set()
+    for c in child.body:
+        if is_patch(c):
+            targets = [i for i, s in enumerate(out) if s.word == c.word and structure_name(s) == structure_name(c)]
+            if not targets:
+                raise SpecError(f"nothing to patch: '{parent_name}' has no `{c.word}` named '{structure_name(c)}'",
+                                c.word_span, [f"a header-less `{c.word} {{ ... }}` edits the bodies of the parent's"])
+            for i in targets:
+                out[i] = patch(out[i], c)
+        elif c.word in STRUCTURES:
+            key = (c.word, structure_name(c))
+            idx = [i for i, s in enumerate(out) if (s.word, structure_name(s)) == key]
+            if key in replaced or not idx:
+                at = max(idx) + 1 if idx else next((i for i, s in enumerate(out) if s.word == "head"), len(out))
+                out.insert(at, c)
+            else:
+                replaced.add(key)
+                out[idx[0]] = c
+                for i in reversed(idx[1:]):
+                    del out[i]
+        elif c.word in SETTINGS:
+            slot = setting_slot(c)
+            idx = [i for i, s in enumerate(out) if s.word in SETTINGS and setting_slot(s) == slot]
+            if idx:
+                out[idx[0]] = c
+            else:
+                out.append(c)
+        else:
+            slot = family(c.word)
+            idx = [i for i, s in enumerate(out) if s.word not in SETTINGS and s.word not in STRUCTURES
+                   and family(s.word) == slot]
+            if len(idx) == 1:
+                out[idx[0]] = c
+            elif not idx:
+                raise SpecError(f"'{c.word}' has no counterpart in '{parent_name}' to replace",
+                                c.word_span, ["a child model replaces its parent's statements; to add a layer, "
+                                              "write the model out in full"])
+            else:
+                raise SpecError(f"'{parent_name}' has {len(idx)} '{c.word}' statements: which one this replaces "
+                                "is ambiguous", c.word_span, ["write the model out in full"])
+    return out
+
+
+def _options(stmt: Stmt, schema: Schema) -> dict[str, list[Arg]]:
+    """A statement's `key value` options and bare flags, as raw arguments by name."""
+    out: dict[str, list[Arg]] = {}
+    args = list(stmt.args)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.kind == "word" and a.value in schema.options and i + 1 < len(args):
+            out[a.value] = [a, args[i + 1]]
+            i += 2
+        elif a.kind == "word" and a.value in schema.flags:
+            out[a.value] = [a]
+            i += 1
+        else:
+            i += 1
+    return out
+
+
+def _positional(stmt: Stmt, schema: Schema) -> list[Arg]:
+    named = {id(a) for opt in _options(stmt, schema).values() for a in opt}
+    return [a for a in stmt.args if id(a) not in named]
+
+
+def _schema(word: str) -> Schema | None:
+    op = WORDS.get(word)
+    return op.words[word] if op is not None else None
+
+
+def patch(target: Stmt, edit: Stmt) -> Stmt:
+    """Apply a header-less structure statement to one of the parent's: its options replace
+    the target's same-named options (each must exist there, or be one the target lacks only
+    where no target has it); each body word replaces the word of its family, keeping the
+    replaced word's options unless restated, or is added at the end of the body."""
+    schema = structure_schemas()[target.word]
+    target_opts = _options(target, schema)
+    args = _positional(target, schema)
+    new_opts = _options(edit, schema)
+    merged = {**target_opts, **{k: v for k, v in new_opts.items() if k in target_opts or k in schema.flags}}
+    for opt in merged.values():
+        args.extend(opt)
+    body = list(target.body or ())
+    for w in edit.body or ():
+        fam = family(w.word)
+        same = [i for i, s in enumerate(body) if family(s.word) == fam]
+        if not same:
+            body.append(w)
+            continue
+        old = body[same[0]]
+        old_schema, new_schema = _schema(old.word), _schema(w.word)
+        keep: list[Arg] = []
+        if old_schema is not None and new_schema is not None:
+            given = set(_options(w, new_schema))
+            exclusive = {k for group in new_schema.exclusive if given & set(group) for k in group}
+            for name, opt in _options(old, old_schema).items():
+                if name not in given and name not in exclusive and (name in new_schema.options or name in new_schema.flags):
+                    keep.extend(opt)
+        body[same[0]] = replace(w, args=tuple(w.args) + tuple(keep))
+    return replace(target, args=tuple(args), body=tuple(body))
+
+
 # -- building the graph -------------------------------------------------------------
+@dataclass
+class Branch:
+    """One residual branch of a block: its mixer and the parallel words beside it."""
+
+    mixer: Stmt
+    parallel: list[Stmt] = field(default_factory=list)
+
+
 class Builder:
     def __init__(self, graph: Graph, env: Env) -> None:
         self.g = graph
         self.env = env
+        self.counters: dict[str, int] = {}
 
+    # -- the model body --------------------------------------------------------------------
     def build(self, stmts: list[Stmt], model_span: Span) -> None:
-        by_word: dict[str, Stmt] = {}
-        structure: list[Stmt] = []
+        settings = {setting_slot(s): s for s in stmts if s.word in SETTINGS}
+        seen: dict[str, Stmt] = {}
         for s in stmts:
-            if s.word not in MODEL_WORDS:
-                if s.word in BLOCK_WORDS:
+            if s.word in SETTINGS:
+                slot = setting_slot(s)
+                if slot in seen:
+                    raise SpecError(f"'{s.word}' is given twice in this model", s.word_span,
+                                    [f"first given at {seen[slot].span}"])
+                seen[slot] = s
+        self.settings = self._settings(settings)
+        self.g.init = initialisation.resolve([s for k, s in settings.items() if k.startswith("init")], self.env)
+        layers = [s for s in stmts if s.word not in SETTINGS]
+        self._check_layout(layers, model_span)
+        self.rates = self._drop_path_rates(layers, settings.get("drop-path"))
+        x: int | None = None
+        for s in layers:
+            if s.word in STRUCTURES:
+                x = self._structure(s, x)
+            else:
+                x = self._layer(s, x)
+
+    def _settings(self, found: dict[str, Stmt]) -> Settings:
+        norm = match(found["norm"], SETTINGS["norm"], self.env) if "norm" in found else Matched({"kind": "layer"}, {})
+        bz = match(found["binarize"], SETTINGS["binarize"], self.env) if "binarize" in found else None
+        what = tuple(w for w in (bz["what"] if bz else ()) if w != "none")
+        return Settings(norm["kind"], norm.get("eps", NORM_EPS[norm["kind"]]), what,
+                        frozenset(bz.get("exempt", ()) if bz else ()),
+                        found["binarize"].span if "binarize" in found else None)
+
+    def _check_layout(self, layers: list[Stmt], model_span: Span) -> None:
+        model_words = words_of("layer")
+        body_words = {w: op for role in BODY_ROLES for w, op in words_of(role).items()}
+        once: dict[str, Stmt] = {}
+        for s in layers:
+            if s.word in STRUCTURES:
+                if is_patch(s):
+                    raise SpecError(f"'{s.word}' without its {'depth' if s.word == 'blocks' else 'dim and depth'} "
+                                    "patches a parent's bodies, but this model extends none", s.word_span,
+                                    [f"expected `{structure_schemas()[s.word].usage}`"])
+                continue
+            if s.word not in model_words:
+                if s.word in body_words:
                     raise SpecError(f"'{s.word}' belongs inside a blocks or stage body", s.word_span,
                                     [f"expected `blocks N {{ {s.word} ... }}`"])
-                raise SpecError(f"unknown word '{s.word}'" + suggestion(s.word, MODEL_WORDS), s.word_span,
-                                [f"words of a model: {', '.join(MODEL_WORDS)}"])
-            if s.word in ("blocks", "stage"):
-                structure.append(s)
-                continue
-            if s.word in by_word:
-                raise SpecError(f"'{s.word}' is given twice in this model", s.word_span,
-                                [f"first given at {by_word[s.word].span}"])
-            by_word[s.word] = s
-        a = {w: match(s, MODEL_WORDS[w], self.env) for w, s in by_word.items()}
+                known = list(model_words) + list(SETTINGS) + list(STRUCTURES)
+                raise SpecError(f"unknown word '{s.word}'" + suggestion(s.word, known), s.word_span,
+                                [f"words of a model: {', '.join(known)}"])
+            if model_words[s.word].once:
+                key = model_words[s.word].name
+                if key in once:
+                    raise SpecError(f"'{s.word}' is given twice in this model", s.word_span,
+                                    [f"first given at {once[key].span}"])
+                once[key] = s
         for required in ("input", "head"):
-            if required not in a:
+            if not any(s.word == required for s in layers):
                 raise SpecError(f"the model has no '{required}' statement", model_span,
-                                [f"expected e.g. `{MODEL_WORDS[required].usage}`"])
-        stems = [w for w in ("patchify", "shift-tokenize", "stem") if w in a]
-        if len(stems) != 1:
-            raise SpecError("the model needs exactly one patch embedding (patchify, shift-tokenize or stem), "
-                            f"found {len(stems)}", by_word[stems[1]].word_span if len(stems) > 1 else model_span)
-        if not structure:
+                                [f"expected e.g. `{WORDS[required].words[required].usage}`"])
+        if layers[0].word != "input":
+            raise SpecError(f"'{layers[0].word}' comes before 'input'", layers[0].word_span,
+                            ["expected `input C x H x W` as the first layer of the model"])
+        if layers[-1].word != "head":
+            raise SpecError(f"'{layers[-1].word}' comes after the head", layers[-1].word_span,
+                            ["expected the head to be the model's last layer"])
+        if not any(s.word in STRUCTURES for s in layers):
             raise SpecError("the model has no blocks or stages", model_span, ["expected `blocks N { ... }`"])
-        kinds = {s.word for s in structure}
-        if len(kinds) > 1:
-            raise SpecError("a model has either `blocks` or `stage`s, not both", structure[-1].word_span)
-        if kinds == {"blocks"} and len(structure) > 1:
-            raise SpecError("'blocks' is given twice in this model", structure[1].word_span,
-                            ["use stages for several groups of blocks"])
 
-        norm = a.get("norm", {"kind": "layer"})
-        self.norm_kind = norm["kind"]
-        self.eps = norm.get("eps", 1e-6 if self.norm_kind == "layer" else 1e-5)
-        bz = a.get("binarize", {"what": ("none",)})
-        what = tuple(w for w in bz["what"] if w != "none")
-        exempt = set(bz.get("exempt", ()))
-        self.block_binary = () if "blocks" in exempt else what
-        self.transition_binary = () if "transitions" in exempt else what
-        self.binarize_span = by_word["binarize"].span if "binarize" in by_word else None
+    def _drop_path_rates(self, layers: list[Stmt], stmt: Stmt | None) -> list[float]:
+        """The model's drop-path rate of each block that follows the model-wide schedule,
+        in order: constant, or rising linearly from 0 to the rate over those blocks."""
+        self.dp_span = stmt.span if stmt is not None else None
+        dp = match(stmt, SETTINGS["drop-path"], self.env) if stmt is not None else Matched({"rate": 0.0}, {})
+        if dp["rate"] >= 1:
+            raise SpecError(f"drop-path {dp['rate']:g} would drop every branch: expected a rate in [0, 1)",
+                            dp.spans.get("rate", self.dp_span))
+        total = 0
+        for s in layers:
+            if s.word in STRUCTURES:
+                a = self._structure_args(s)
+                if "drop-path" not in a:
+                    total += a.get("depth", 0)
+        rate = dp["rate"]
+        if dp.get("schedule") == "constant":
+            return [rate] * total
+        return [rate * i / max(total - 1, 1) for i in range(total)]
 
-        x = self.g.add(Op.INPUT, "input", (), a["input"], "stem", by_word["input"].span)
-        stem_word = stems[0]
-        sa, sspan = a[stem_word], by_word[stem_word].span
-        if stem_word == "patchify":
-            x = self.g.add(Op.PATCHIFY, "patch_embed", (x,), {"patch": sa["patch"], "dim": sa["dim"],
-                           "bias": sa.get("bias", True), "norm": "none", "binary": ()}, "stem", sspan)
-        elif stem_word == "shift-tokenize":
-            x = self.g.add(Op.SHIFT_TOKENIZE, "patch_embed", (x,), {"patch": sa["patch"], "dim": sa["dim"],
-                           "eps": 1e-5}, "stem", sspan)
+    def _type(self, x: int | None) -> list[TensorType]:
+        return [] if x is None else [self.g.node(x).out]
+
+    def _resolve(self, op: type[OpDef], stmt: Stmt, args: Matched, ins: list[TensorType]) -> Any:
+        return op.resolve(Resolve(stmt, args, ins, self.settings))
+
+    def _layer(self, s: Stmt, x: int | None) -> int:
+        op = WORDS[s.word]
+        args = match(s, op.words[s.word], self.env)
+        attrs = self._resolve(op, s, args, self._type(x))
+        if attrs is None:  # `tokens none`, `pos-embed none`
+            return x
+        group = "head" if op is Head else "stem"
+        if op is Head:
+            x = self.g.add(Norm, "norm", (x,), NormAttrs(self.settings.norm, self.settings.eps), group, group, s.span)
+        return self.g.add(op, s.alias or op.default_name, () if x is None else (x,), attrs, group, group, s.span)
+
+    # -- structures ----------------------------------------------------------------------
+    def _next(self, name: str, n: int = 1) -> int:
+        k = self.counters.get(name, 0)
+        self.counters[name] = k + n
+        return k
+
+    def _structure_args(self, s: Stmt) -> Matched:
+        args = match(s, structure_schemas()[s.word], self.env)
+        if args.get("depth", 0) > MAX_BLOCKS:
+            raise SpecError(f"'{s.word}' repeats its body {args['depth']} times; at most {MAX_BLOCKS}",
+                            args.spans.get("depth", s.span))
+        return args
+
+    def _structure(self, s: Stmt, x: int) -> int:
+        args = self._structure_args(s)
+        xt = self.g.node(x).out
+        if xt.rank != 3:
+            raise SpecError(f"'{s.word}' needs tokens, but the image has not been cut into patches yet", s.word_span,
+                            ["expected a patch embedding (patchify, shift-tokenize or stem) before it"])
+        name = structure_name(s)
+        if s.word == "stage":
+            if "depth" not in args:
+                raise SpecError("'stage' is missing its depth", s.span, [f"expected `{structure_schemas()['stage'].usage}`"])
+            si = self._next(name)
+            prefix = f"{name}.{si}"
+            x = self._transition(s, args, x, prefix, si)
+            prefixes = [f"{prefix}.blocks.{b}" for b in range(args["depth"])]
+            stage = prefix
         else:
-            binary = ("weights", "activations") if sa.get("precision", "fp") == "binary" else ()
-            x = self.g.add(Op.PATCHIFY, "patch_embed", (x,), {"patch": sa["patch"], "dim": sa["dim"],
-                           "bias": sa.get("bias", True), "norm": self.norm_kind, "eps": self.eps,
-                           "binary": binary}, "stem", sspan)
-        toks = tuple(t for t in a.get("tokens", {"tokens": ()})["tokens"] if t != "none")
-        if toks:
-            if toks not in (("cls",), ("cls", "distill")):
-                raise SpecError(f"tokens {' '.join(toks)}: expected `tokens cls` or `tokens cls distill`",
-                                by_word["tokens"].span)
-            x = self.g.add(Op.TOKENS, "tokens", (x,), {"tokens": toks}, "stem", by_word["tokens"].span)
-        self.pos = a.get("pos-embed", {"kind": "none"})["kind"] == "learned"
-        if self.pos:
-            x = self.g.add(Op.POS_EMBED, "pos_embed", (x,), {}, "stem", by_word["pos-embed"].span)
+            first = self._next(name, args["depth"])
+            prefixes = [f"{name}.{first + b}" for b in range(args["depth"])]
+            stage = name
+        own = args.get("drop-path")
+        if own is not None and own >= 1:
+            raise SpecError(f"drop-path {own:g} would drop every branch: expected a rate in [0, 1)", args.spans["drop-path"])
+        for b, prefix in enumerate(prefixes):
+            rate = own if own is not None else self.rates.pop(0)
+            x = self._block(x, prefix, s, self.env.bind(index=b), rate, stage)
+        return x
 
-        dp = a.get("drop-path", {"rate": 0.0})
-        self.dp_span = by_word["drop-path"].span if "drop-path" in by_word else None
-        plan = self._plan(structure, sa["dim"])
-        total = sum(len(st["blocks"]) for st in plan)
-        rates = [dp["rate"] if dp.get("schedule") == "constant" else
-                 (dp["rate"] * i / max(total - 1, 1)) for i in range(total)]
-        k = 0
-        for si, st in enumerate(plan):
-            if st["downsample"] is not None:
-                x = self._downsample(x, si, st)
-            for bi, body in enumerate(st["blocks"]):
-                prefix = f"blocks.{bi}" if st["flat"] else f"stages.{si}.blocks.{bi}"
-                x = self._block(x, prefix, body, rates[k], st["span"])
-                k += 1
-        x = self.g.add(Op.NORM, "norm", (x,), {"kind": self.norm_kind, "eps": self.eps}, "head", by_word["head"].span)
-        self.g.add(Op.HEAD, "head", (x,), {"kind": a["head"]["kind"], "classes": a["head"]["classes"]}, "head",
-                   by_word["head"].span)
-
-    def _plan(self, structure: list[Stmt], stem_dim: int) -> list[dict[str, Any]]:
-        plan = []
-        prev_dim = stem_dim
-        for si, s in enumerate(structure):
-            if s.word == "blocks":
-                a = match(s, MODEL_WORDS["blocks"], self.env)
-                plan.append({"flat": True, "blocks": [self._body(s)] * a["depth"], "downsample": None, "span": s.span})
-                continue
-            a = match(s, MODEL_WORDS["stage"], self.env)
-            if "depth" not in a:
-                raise SpecError("'stage' is missing its depth", s.span, [f"expected `{MODEL_WORDS['stage'].usage}`"])
-            if si == 0:
-                if "downsample" in a:
-                    raise SpecError("the first stage cannot downsample; the stem sets its grid", s.span)
-                if a["dim"] != stem_dim:
-                    raise SpecError(f"the first stage has dim {a['dim']} but the stem gives {stem_dim}", s.span,
+    def _transition(self, s: Stmt, args: Matched, x: int, prefix: str, si: int) -> int:
+        """A stage's downsample (and new position embedding) at its start."""
+        xt = self.g.node(x).out
+        kind = args.get("downsample")
+        if kind is None:
+            if args["dim"] != xt.dim:
+                if si == 0:
+                    raise SpecError(f"the first stage has dim {args['dim']} but the stem gives {xt.dim}", s.span,
                                     ["expected the first stage's dim to equal the patch embedding's"])
-            elif "downsample" not in a:
-                raise SpecError(f"stage {si} needs a downsample (pit, merge or spt)", s.span,
+                raise SpecError(f"stage {si} needs a downsample ({', '.join(downsample_kinds())})", s.span,
                                 ["expected e.g. `stage 128 depth 4 downsample merge { ... }`"])
-            plan.append({"flat": False, "blocks": [self._body(s)] * a["depth"], "downsample": a.get("downsample"),
-                         "dim": a["dim"], "prev": prev_dim, "pos": a.get("pos-embed", False), "span": s.span})
-            prev_dim = a["dim"]
-        return plan
+        else:
+            op = downsample_kinds()[kind]
+            if self.settings.binary("transitions") and op.binarize != "transitions" and self.settings.binarize_span:
+                raise SpecError(f"binarize covers the stage transitions, but a '{kind}' downsample has no binary form",
+                                self.settings.binarize_span, ["expected `except transitions`, or `downsample merge`"])
+            attrs = self._resolve(op, s, Matched({"dim": args["dim"], "kind": kind}, args.spans), [xt])
+            group = f"{prefix}.downsample"
+            x = self.g.add(op, group, (x,), attrs, group, prefix, s.span)
+        if args.get("pos-embed"):
+            from .ops.pos_embed import PosEmbed, PosEmbedAttrs
 
-    def _body(self, s: Stmt) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        spans: dict[str, Span] = {}
+            group = f"{prefix}.downsample" if kind else prefix
+            x = self.g.add(PosEmbed, f"{prefix}.pos_embed", (x,), PosEmbedAttrs("learned"), group, prefix, s.span)
+        return x
+
+    # -- blocks ----------------------------------------------------------------------------
+    def _branches(self, s: Stmt) -> tuple[list[Branch], list[Stmt]]:
+        """A block body as its residual branches (in order) and its modifiers."""
+        roles = {w: op for role in BODY_ROLES for w, op in words_of(role).items()}
+        branches: list[Branch] = []
+        modifiers: list[Stmt] = []
+        first: dict[str, Stmt] = {}
         for b in s.body or ():
-            if b.word not in BLOCK_WORDS:
-                message = (f"'{b.word}' belongs at the model level" if b.word in MODEL_WORDS
-                           else f"unknown word '{b.word}'" + suggestion(b.word, BLOCK_WORDS))
-                raise SpecError(message, b.word_span,
-                                [f"words of a block: {', '.join(BLOCK_WORDS)}"])
-            key = "attention" if b.word in ("attention", "lsa") else b.word
-            if key in found:
-                raise SpecError(f"'{b.word}' is given twice in this block", b.word_span, [f"first at {spans[key]}"])
-            found[key] = (b.word, match(b, BLOCK_WORDS[b.word], self.env), b)
-            spans[key] = b.span
-        for need in ("attention", "mlp"):
-            if need not in found:
-                raise SpecError(f"the block has no '{need}'", s.span, [f"expected `{BLOCK_WORDS[need].usage}`"])
-        word, at, st = found["attention"]
-        if "heads" not in at:
-            raise SpecError(f"'{word}' is missing its heads", st.span, [f"expected `{BLOCK_WORDS[word].usage}`"])
-        _, ma, mst = found["mlp"]
-        if ("ratio" in ma) == ("hidden" in ma):
-            raise SpecError("'mlp' takes exactly one of ratio or hidden", mst.span, [f"expected `{BLOCK_WORDS['mlp'].usage}`"])
-        return found
+            op = roles.get(b.word)
+            if op is None:
+                message = (f"'{b.word}' belongs at the model level" if b.word in WORDS or b.word in SETTINGS
+                           or b.word in STRUCTURES else f"unknown word '{b.word}'" + suggestion(b.word, roles))
+                raise SpecError(message, b.word_span, [f"words of a block: {', '.join(roles)}"])
+            slot = op.key or op.name
+            if slot in first:
+                raise SpecError(f"'{b.word}' is given twice in this block", b.word_span, [f"first at {first[slot].span}"])
+            first[slot] = b
+            if op.role == "mixer":
+                branches.append(Branch(b))
+            elif op.role == "modifier":
+                modifiers.append(b)
+            elif not branches:
+                raise SpecError(f"'{b.word}' joins the residual branch of the mixer before it, and there is none",
+                                b.word_span, ["expected it after a mixer, e.g. `mlp ratio 4; pool-branches 3x1`"])
+            else:
+                branches[-1].parallel.append(b)
+        if not branches:
+            raise SpecError("the block has no residual branch", s.span,
+                            ["expected a mixer, e.g. `attention heads 6` or `mlp ratio 4`"])
+        return branches, modifiers
 
-    def _block(self, x: int, p: str, body: dict[str, Any], rate: float, span: Span) -> int:
-        g = self.g
-        word, at, ast = body["attention"]
-        dim = self._dim(x)
-        _, ma, mst = body["mlp"]
-        hidden = ma["hidden"] if "hidden" in ma else round(ma["ratio"] * dim)
-        norm = {"kind": self.norm_kind, "eps": self.eps}
-        h = g.add(Op.NORM, f"{p}.norm1", (x,), norm, p, ast.span)
-        attn = g.add(Op.ATTENTION, f"{p}.attn", (h,), {
-            "heads": at["heads"], "head_dim": at.get("head-dim"),
-            # BinaryViT's q, k, v (and K/V reduction) have no bias (official QuantizeLinear, bias=False)
-            "qkv_bias": at.get("qkv-bias", not self.block_binary),
-            "lsa": word == "lsa", "reduce": at.get("reduce", 1), "binary": self.block_binary}, p, ast.span)
-        affine = body.get("affine-residual")
-        if affine:
-            attn = g.add(Op.AFFINE, f"{p}.affine1", (attn,), {"init": affine[1].get("init", 0.1)}, p, affine[2].span)
-        if rate > 0:
-            attn = g.add(Op.DROP_PATH, f"{p}.drop_path1", (attn,), {"rate": rate}, p, self.dp_span)
-        x = g.add(Op.ADD, f"{p}.add1", (x, attn), {}, p, ast.span)
-        h2 = g.add(Op.NORM, f"{p}.norm2", (x,), norm, p, mst.span)
-        m = g.add(Op.MLP, f"{p}.mlp", (h2,), {"hidden": hidden, "binary": self.block_binary}, p, mst.span)
-        if affine:
-            m = g.add(Op.AFFINE, f"{p}.affine2", (m,), {"init": affine[1].get("init", 0.1)}, p, affine[2].span)
-        if rate > 0:
-            m = g.add(Op.DROP_PATH, f"{p}.drop_path2", (m,), {"rate": rate}, p, self.dp_span)
-        branches = [x, m]
-        pool = body.get("pool-branches")
-        if pool:
-            branches.append(g.add(Op.POOL_BRANCHES, f"{p}.pool", (h2,), {"kernels": pool[1]["kernels"]}, p,
-                                  pool[2].span))
-        return g.add(Op.ADD, f"{p}.add2", tuple(branches), {}, p, mst.span)
-
-    def _dim(self, x: int) -> int:
-        """The channel width flowing out of node x, read from the op attributes upstream."""
-        node = self.g.node(x)
-        while node.attr("dim") is None:
-            node = self.g.node(node.inputs[0])
-        return node.attr("dim")
-
-    def _downsample(self, x: int, si: int, st: dict[str, Any]) -> int:
-        kind = st["downsample"]
-        group = f"stages.{si}.downsample"
-        binary = self.transition_binary if kind == "merge" else ()
-        if kind != "merge" and self.transition_binary and self.binarize_span is not None:
-            raise SpecError(f"binarize covers the stage transitions, but a '{kind}' downsample has no binary form",
-                            self.binarize_span, ["expected `except transitions`, or `downsample merge`"])
-        x = self.g.add(Op.DOWNSAMPLE, f"stages.{si}.downsample", (x,),
-                       {"kind": kind, "dim": st["dim"], "binary": binary}, group, st["span"])
-        if st["pos"]:
-            x = self.g.add(Op.POS_EMBED, f"stages.{si}.pos_embed", (x,), {}, group, st["span"])
+    def _block(self, x: int, p: str, s: Stmt, env: Env, rate: float, stage: str) -> int:
+        """One block: each mixer a pre-norm residual branch. A mixer whose output holds only
+        the leading tokens (class attention) narrows the stream to them for the rest of the
+        block; the other tokens rejoin, unchanged, at its end."""
+        branches, modifiers = self._branches(s)
+        saved, self.env = self.env, env
+        rest: int | None = None
+        try:
+            norm = NormAttrs(self.settings.norm, self.settings.eps)
+            for k, br in enumerate(branches, start=1):
+                op = WORDS[br.mixer.word]
+                h = self.g.add(Norm, f"{p}.norm{k}", (x,), norm, p, stage, br.mixer.span)
+                inputs = (h, x) if op.reads_stream else (h,)
+                attrs = self._resolve(op, br.mixer, match(br.mixer, op.words[br.mixer.word], env),
+                                      [self.g.node(i).out for i in inputs])
+                y = self.g.add(op, f"{p}.{op.key}", inputs, attrs, p, stage, br.mixer.span)
+                if not op.residual:  # the op carries its own shortcut: its output is the stream
+                    x = y
+                    continue
+                lead = self.g.node(y).out.tokens
+                if lead < self.g.node(x).out.tokens:
+                    if rest is not None:
+                        raise SpecError(f"'{br.mixer.word}' narrows a block that is already narrowed", br.mixer.span)
+                    rest = self.g.add(Slice, f"{p}.rest", (x,), SliceAttrs(lead), p, stage, br.mixer.span)
+                    x = self.g.add(Slice, f"{p}.lead", (x,), SliceAttrs(0, lead), p, stage, br.mixer.span)
+                for m in modifiers:
+                    mop = WORDS[m.word]
+                    mattrs = self._resolve(mop, m, match(m, mop.words[m.word], env), [self.g.node(y).out])
+                    y = self.g.add(mop, f"{p}.{mop.key}{k}", (y,), mattrs, p, stage, m.span)
+                if rate > 0:
+                    y = self.g.add(DropPath, f"{p}.drop_path{k}", (y,), DropPathAttrs(rate), p, stage, self.dp_span)
+                parts = [x, y]
+                for par in br.parallel:
+                    pop = WORDS[par.word]
+                    pattrs = self._resolve(pop, par, match(par, pop.words[par.word], env), [self.g.node(h).out])
+                    parts.append(self.g.add(pop, f"{p}.{pop.key}", (h,), pattrs, p, stage, par.span))
+                x = self.g.add(Add, f"{p}.add{k}", tuple(parts), AddAttrs(), p, stage, br.mixer.span)
+            if rest is not None:
+                x = self.g.add(Concat, f"{p}.join", (x, rest), ConcatAttrs(), p, stage, s.span)
+        finally:
+            self.env = saved
         return x
 
 
 # -- entry point -------------------------------------------------------------------
 def load(spec: str | Path, model: str | None = None, overrides: Mapping[str, Any] | None = None,
          ) -> tuple[Graph, Sources]:
-    """Read and lower a spec (a path, or spec text) into an unchecked graph."""
+    """Read and lower a spec (a path, or spec text) into a graph."""
     loader = Loader()
     try:
         return _load(loader, spec, model, overrides or {}), loader.sources
@@ -579,7 +652,11 @@ def _load(loader: Loader, spec: str | Path, model: str | None, overrides: Mappin
         path = "<spec>"
     else:
         p = Path(spec)
-        if not p.is_file():
+        try:
+            exists = p.exists()
+        except OSError as e:
+            raise SpecError(f"cannot read spec '{_short(spec)}': {e.strerror or e}") from None
+        if not exists:
             near = did_you_mean(p.name, [q.name for q in p.parent.glob("*.vg")]) if p.parent.is_dir() else None
             raise SpecError(f"no such spec file '{spec}'" + (f"; did you mean '{p.parent / near}'?" if near else ""))
         loader._seen.add(p.resolve())
@@ -588,7 +665,7 @@ def _load(loader: Loader, spec: str | Path, model: str | None, overrides: Mappin
     env = resolve_params(loader, overrides)
     if model is None:
         if not own:
-            raise SpecError("the spec defines no model", None, ["expected `model NAME { ... }`"], where=path)
+            raise SpecError("the spec defines no model", Span(path, 1, 1, 1, 1), ["expected `model NAME { ... }`"])
         stem = Path(path).stem
         model = stem if stem in own else own[-1]
     stmts = flatten(loader, model, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .ir import Graph, Node
+from .ops import attrs_dict
 
 
 def _fmt(v: Any) -> str:
@@ -23,11 +24,11 @@ def _fmt(v: Any) -> str:
 
 
 def format_node(node: Node) -> str:
-    attrs = ", ".join(f"{k}={_fmt(v)}" for k, v in node.attrs
+    attrs = ", ".join(f"{k}={_fmt(v)}" for k, v in attrs_dict(node).items()
                       if v is not None and not (k == "binary" and not v))
     args = ", ".join(f"%{i}" for i in node.inputs)
     loc = f"  # {node.span.short}" if node.span else ""
-    op = node.op.value + (f"[{attrs}]" if attrs else "")
+    op = node.op.name + (f"[{attrs}]" if attrs else "")
     return f"%{node.id} {node.name}: {node.out} = {op}({args}){loc}"
 
 
@@ -37,4 +38,6 @@ def format_graph(graph: Graph) -> str:
     if spec is not None:
         params = " ".join(f"{k}={_fmt(v)}" for k, v in spec.params.items())
         head += f"  # {params}"
+    if graph.init is not None:
+        head += f"  init {graph.init}"
     return "\n".join([head] + [format_node(n) for n in graph]) + "\n"

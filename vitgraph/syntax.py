@@ -3,15 +3,22 @@ checked in lower.py, so that every statement is judged by one table of word sche
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Union
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 
-from .diagnostics import Span, SpecError
+from .diagnostics import Span, SpecError, split_lines
+
+
+# Limits that keep every spec parseable and checkable in bounded time and stack: literals
+# no longer than these (a dimension of 10^15 is already no model), expressions no deeper.
+MAX_INT = 10**15
+MAX_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -19,8 +26,9 @@ class Arg:
     """One argument of a statement. kind: int, float, string, word, arrow, kernel, expr."""
 
     kind: str
-    value: Any  # int | float | str | (h, w) for kernels | ("op", left, right) for expr
+    value: Any  # int | float | str | (h, w) for kernels | (op, operand, ...) for expr
     span: Span = field(compare=False)
+    depth: int = field(default=0, compare=False)  # how deeply an expression nests
 
     def text(self) -> str:
         if self.kind == "kernel":
@@ -30,18 +38,27 @@ class Arg:
         if self.kind == "arrow":
             return "->"
         if self.kind == "expr":
-            op, a, b = self.value
-            return f"({a.text()} {op} {b.text()})"
+            op, *xs = self.value
+            if op == "neg":
+                return f"-{xs[0].text()}"
+            if op == "if":
+                return f"({xs[1].text()} if {xs[0].text()} else {xs[2].text()})"
+            return f"({xs[0].text()} {op} {xs[1].text()})"
         return str(self.value)
 
 
 @dataclass(frozen=True)
 class Stmt:
+    """One statement: a word, its arguments, an optional `as NAME` (the module path its
+    layers get) and an optional body in braces."""
+
     word: str
     args: tuple[Arg, ...]
     body: tuple["Stmt", ...] | None
     span: Span = field(compare=False)
     word_span: Span = field(compare=False)
+    alias: str | None = None
+    alias_span: Span | None = field(compare=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -91,8 +108,12 @@ def _meta_span(file: str, meta: Any) -> Span:
     return Span(file, meta.line, meta.column, meta.end_line, meta.end_column)
 
 
+def _is_alias(x: Any) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], Span)
+
+
 @v_args(meta=True)
-class _Build(Transformer):
+class _Build(Transformer_NonRecursive):
     def __init__(self, file: str) -> None:
         super().__init__()
         self.file = file
@@ -100,11 +121,26 @@ class _Build(Transformer):
     def _leaf(self, kind: str, tok: Token, value: Any) -> Arg:
         return Arg(kind, value, _tok_span(self.file, tok))
 
+    def _number(self, tok: Token, negative: bool = False) -> Arg:
+        """An integer or float literal, range-checked with its position."""
+        text = str(tok)
+        span = _tok_span(self.file, tok)
+        if text.isdigit():
+            if len(text) > len(str(MAX_INT)) or int(text) > MAX_INT:
+                raise SpecError(f"integer {text[:20]}{'...' if len(text) > 20 else ''} is too large", span,
+                                [f"expected at most {MAX_INT:.0e}"])
+            return Arg("int", -int(text) if negative else int(text), span)
+        value = float(text)
+        if not math.isfinite(value) or abs(value) > MAX_INT:
+            raise SpecError(f"number {text[:20]}{'...' if len(text) > 20 else ''} is too large", span,
+                            [f"expected at most {MAX_INT:.0e} in size"])
+        return Arg("float", -value if negative else value, span)
+
     def int(self, meta, c):  # noqa: A003 - rule names come from the grammar
-        return self._leaf("int", c[0], int(c[0]))
+        return self._number(c[0])
 
     def float(self, meta, c):  # noqa: A003
-        return self._leaf("float", c[0], float(c[0]))
+        return self._number(c[0])
 
     def string(self, meta, c):
         return self._leaf("string", c[0], c[0][1:-1])
@@ -116,14 +152,45 @@ class _Build(Transformer):
         return self._leaf("arrow", c[0], "->")
 
     def kernel(self, meta, c):
-        h, w = str(c[0]).split("x")
-        return self._leaf("kernel", c[0], (int(h), int(w)))
+        h, w = (self._number(Token("INT", side, c[0].start_pos, c[0].line, c[0].column, c[0].end_line,
+                                    c[0].end_column, c[0].end_pos)).value for side in str(c[0]).split("x"))
+        return self._leaf("kernel", c[0], (h, w))
+
+    def neg_int(self, meta, c):
+        return self._number(c[0], negative=True)
+
+    def neg_float(self, meta, c):
+        return self._number(c[0], negative=True)
 
     def paren(self, meta, c):
         return c[0]
 
+    def _expr(self, meta: Any, op: str, *parts: Arg) -> Arg:
+        depth = 1 + max(p.depth for p in parts)
+        span = _meta_span(self.file, meta)
+        if depth > MAX_DEPTH:
+            raise SpecError(f"this expression nests more than {MAX_DEPTH} operations deep", span,
+                            ["expected a shorter expression, or parameters for its parts"])
+        return Arg("expr", (op, *parts), span, depth)
+
+    def neg(self, meta, c):
+        return self._expr(meta, "neg", c[0])
+
+    def mod(self, meta, c):
+        return self._binop("%", meta, c)
+
+    def compare(self, meta, c):
+        return self._expr(meta, str(c[1]), c[0], c[2])
+
+    def ifelse(self, meta, c):
+        then, test, other = c
+        return self._expr(meta, "if", test, then, other)
+
+    def alias(self, meta, c):
+        return (".".join(str(t) for t in c), _meta_span(self.file, meta))
+
     def _binop(self, op: str, meta, c) -> Arg:
-        return Arg("expr", (op, c[0], c[1]), _meta_span(self.file, meta))
+        return self._expr(meta, op, c[0], c[1])
 
     def add(self, meta, c):
         return self._binop("+", meta, c)
@@ -141,11 +208,11 @@ class _Build(Transformer):
         return tuple(c)
 
     def stmt(self, meta, c):
-        word = c[0]
-        rest = c[1:]
-        body = rest[-1] if rest and isinstance(rest[-1], tuple) else None
-        args = tuple(rest[:-1] if body is not None else rest)
-        return Stmt(str(word), args, body, _meta_span(self.file, meta), _tok_span(self.file, word))
+        word, rest = c[0], list(c[1:])
+        body = rest.pop() if rest and isinstance(rest[-1], tuple) and not _is_alias(rest[-1]) else None
+        alias = rest.pop() if rest and _is_alias(rest[-1]) else (None, None)
+        return Stmt(str(word), tuple(rest), body, _meta_span(self.file, meta), _tok_span(self.file, word),
+                    alias[0], alias[1])
 
     def use(self, meta, c):
         return Use(c[0][1:-1], _tok_span(self.file, c[0]))
@@ -202,9 +269,12 @@ def _expected(e: lark.exceptions.UnexpectedInput) -> str:
         "EQUAL": "'='", "ARROW": "'->'", "KERNEL": "a kernel like 3x1",
         "LPAR": "'('", "RPAR": "')'", "$END": "the end of the file", "COLON": "':'",
         "MINUS": "'-'", "PLUS": "'+'", "SLASH": "'/'", "STAR": "'*'", "MODEL": "'model'",
-        "USE": "'use'", "PARAM": "'param'", "EXTENDS": "'extends'",
+        "USE": "'use'", "PARAM": "'param'", "EXTENDS": "'extends'", "PERCENT": "'%'", "COMPARE": "a comparison",
+        "IF": "'if'", "ELSE": "'else'", "AS": "'as'", "DOT": "'.'",
     }
-    exp = sorted(getattr(e, "expected", None) or getattr(e, "allowed", None) or [])
+    first = ("RPAR", "RBRACE", "_SEP", "$END")  # what closes the construct reads best first
+    exp = sorted(getattr(e, "expected", None) or getattr(e, "allowed", None) or [],
+                 key=lambda t: (t not in first, first.index(t) if t in first else 0, t))
     words = [names.get(x, f"'{x.lower()}'" if x.isupper() else x) for x in exp]
     words = [w for w in dict.fromkeys(words) if not w.startswith("'__")]
     return ", ".join(words[:8])
@@ -222,7 +292,7 @@ def _syntax_error(text: str, file: str, e: lark.exceptions.UnexpectedInput) -> S
         return SpecError(msg, span)
     tok = getattr(e, "token", None)
     if tok is not None and tok.type == "$END":
-        lines = text.splitlines() or [""]
+        lines = split_lines(text.rstrip("\n")) or [""]
         line = len(lines)
         col = len(lines[-1]) + 1
         found = "the end of the file"
@@ -247,8 +317,46 @@ def _syntax_error(text: str, file: str, e: lark.exceptions.UnexpectedInput) -> S
 
 def parse(text: str, file: str = "<spec>") -> Module:
     """Parse spec text into a Module; raise SpecError with a position on bad syntax."""
+    _check_nesting(text, file)
     try:
         tree = _parser().parse(text if text.endswith("\n") else text + "\n")
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(text, file, e) from None
-    return Module(file, _Build(file).transform(tree))
+    try:
+        return Module(file, _Build(file).transform(tree))
+    except lark.exceptions.VisitError as e:  # a range check inside the transformer
+        if isinstance(e.orig_exc, SpecError):
+            raise e.orig_exc from None
+        raise
+
+
+MAX_BRACES, MAX_PARENS = 8, MAX_DEPTH
+
+
+def _check_nesting(text: str, file: str) -> None:
+    """Braces and parentheses nest no deeper than the language needs (a model body holds
+    block bodies; expressions nest MAX_DEPTH deep), so the parser and the checks never run
+    out of stack. Strings and comments are skipped."""
+    depth = {"{": 0, "(": 0}
+    limit = {"{": MAX_BRACES, "(": MAX_PARENS}
+    closing = {"}": "{", ")": "("}
+    line, col, in_string, in_comment = 1, 0, False, False
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col, in_string, in_comment = line + 1, 0, False, False
+        elif in_comment or (in_string and ch != '"'):
+            continue
+        elif ch == '"':
+            in_string = not in_string
+        elif ch == "#":
+            in_comment = True
+        elif ch in depth:
+            depth[ch] += 1
+            if depth[ch] > limit[ch]:
+                what = "bodies in braces" if ch == "{" else "parentheses"
+                raise SpecError(f"{what} nest more than {limit[ch]} deep here", Span(file, line, col, line, col + 1),
+                                ["a model body holds block bodies; nothing in the language nests deeper"
+                                 if ch == "{" else "expected a shorter expression, or parameters for its parts"])
+        elif ch in closing and depth[closing[ch]]:
+            depth[closing[ch]] -= 1

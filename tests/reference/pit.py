@@ -1,7 +1,8 @@
 """Reference PiT / SL-PiT as configured in "Vision Transformer for Small-Size Datasets"
-(Lee, Lee, Song 2021): PiT's pooling layer (Heo et al. 2021, naver-ai/pit: the class
-token through a Linear, the patch tokens through a stride-2 depthwise conv with kernel 3
-and padding 1), or for SL-PiT the official code's ShiftedPatchTokenization with
+(Lee, Lee, Song 2021): the paper's pooling layer (the class token through a Linear, the
+patch tokens through a stride-2 depthwise conv with kernel 3 and padding 1, then, in the
+paper's official code models/pit.py, a 1x1 pointwise conv; naver-ai/pit's own PiT stops
+after the depthwise conv: `pointwise=False`), or for SL-PiT the official code's ShiftedPatchTokenization with
 exist_class_t=True and merging size 2 (class token through `class_linear`, here `fc`).
 Blocks come from reference/vit.py. Stochastic depth is left out."""
 from __future__ import annotations
@@ -24,19 +25,21 @@ class PiTConfig:
     mlp_ratio: int = 2
     classes: int = 10
     spt_lsa: bool = False
+    pointwise: bool = True
 
 
 class ConvHeadPooling(nn.Module):
-    def __init__(self, din: int, dout: int) -> None:
+    def __init__(self, din: int, dout: int, pointwise: bool) -> None:
         super().__init__()
         self.conv = nn.Conv2d(din, dout, kernel_size=3, padding=1, stride=2, groups=din)
+        self.pointwise = nn.Conv2d(dout, dout, kernel_size=1) if pointwise else nn.Identity()
         self.fc = nn.Linear(din, dout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cls, patches = x[:, :1], x[:, 1:]
         B, N, C = patches.shape
         side = int(N ** 0.5)
-        grid = self.conv(patches.transpose(1, 2).reshape(B, C, side, side))
+        grid = self.pointwise(self.conv(patches.transpose(1, 2).reshape(B, C, side, side)))
         return torch.cat([self.fc(cls), grid.flatten(2).transpose(1, 2)], dim=1)
 
 
@@ -87,7 +90,8 @@ class PiT(nn.Module):
         for i, (dim, depth, heads) in enumerate(zip(cfg.dims, cfg.depths, cfg.heads)):
             pool = None
             if i:
-                pool = (SptPooling if cfg.spt_lsa else ConvHeadPooling)(cfg.dims[i - 1], dim)
+                pool = SptPooling(cfg.dims[i - 1], dim) if cfg.spt_lsa else \
+                    ConvHeadPooling(cfg.dims[i - 1], dim, cfg.pointwise)
             stages.append(Stage(replace(base, dim=dim, heads=heads, mlp_hidden=dim * cfg.mlp_ratio), depth, pool))
         self.stages = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(cfg.dims[-1], eps=1e-5)

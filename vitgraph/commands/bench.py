@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from ..cli import parse_overrides
 from ..diagnostics import UserError
+from ..fileio import check_output_folder
 
 if TYPE_CHECKING:
     from ..benchmarks.harness import Options, Outcome
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.quiet, threads=args.threads)
     if args.list:
         return _list(suite, store, opts)
+    check_output_folder(store.folder)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         _check_devices(args.nproc, args.device or _suite_device(suite))
         _relaunch(args.nproc)

@@ -14,6 +14,7 @@ import importlib
 
 from .. import compile
 from ..cli import parse_overrides, require_files
+from ..fileio import check_output_file, check_output_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_files(spec=args.spec, weights=args.weights)
+    if args.output:
+        check_output_file(args.output)
+    else:  # the backend names the file after the model, here
+        check_output_folder(".")
     overrides = parse_overrides(args.set)
     graph = None
     if args.weights:

@@ -3,10 +3,11 @@ MODEL is an ONNX model exported by `vitgraph build --backend onnx`, or a vitgrap
 (a run's best.pt, a .safetensors export), exported in memory exactly as `build` would.
 A model whose weights were never trained is run, with a warning that its classes mean nothing.
 
-Each image is preprocessed as the model's metadata says (backends/onnx_backend.py):
-RGB, resized to the input size (bilinear), scaled to [0, 1], normalised with the
-per-channel mean and std; the top classes are printed with their names and softmax
-probabilities."""
+Each image is decoded to 8-bit RGB as for training (vitgraph/data/formats.py: every mode
+Pillow reads, 16-bit and float images included) and preprocessed as the model's metadata
+says (backends/onnx_backend.py): resized to the input size (bilinear), scaled to [0, 1],
+normalised with the per-channel mean and std; the top classes are printed with their names
+and softmax probabilities."""
 from __future__ import annotations
 
 import argparse
@@ -74,16 +75,12 @@ def untrained_warning(session: Any, path: str) -> str | None:
 def load_image(path: str, prep: Any) -> Any:
     """An image file -> (C, H, W) array, preprocessed as the model expects."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from ..data.formats import open_rgb
 
     c, h, w = prep.input_size
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
-    except FileNotFoundError:
-        raise UserError(f"image {path} not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read {path} as an image: {e}") from None
+    im = open_rgb(Path(path)).convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
     x = np.asarray(im, dtype=np.float64).reshape(h, w, c) / 255.0                 # (H, W, C)
     x = (x - np.asarray(prep.mean)) / np.asarray(prep.std)
     return x.transpose(2, 0, 1).astype(prep.dtype)                                # (C, H, W)

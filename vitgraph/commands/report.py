@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..fileio import check_output_folder
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", metavar="RESULTS", help="a results folder (holding runs.jsonl) or a runs.jsonl file")
@@ -19,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     results = Path(args.results)
     records = load_records(results)
     folder = Path(args.output) if args.output else (results if results.is_dir() else results.parent)
+    check_output_folder(folder)
     suites = ", ".join(dict.fromkeys(str(r.get("suite")) for r in records))
     written = write_report(records, folder, args.title or f"Benchmark results: {suites}", plots=not args.no_plots)
     print(text_table(*paper_table(records)))

@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import compile, format_graph
 from ..cli import parse_overrides
 from ..diagnostics import UserError
+from ..fileio import check_output_file, write_atomic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,19 +26,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..draw import render_image, to_dot
 
+    if args.output:
+        _check_output(Path(args.output))
     graph = compile(args.spec, args.model, **parse_overrides(args.set))
     if args.format in ("text", "dot"):
         text = format_graph(graph) if args.format == "text" else to_dot(graph)
         if args.output:
-            Path(args.output).write_text(text)
+            write_atomic(args.output, lambda tmp: tmp.write_text(text))
         else:
             print(text, end="")
         return 0
     out = Path(args.output or f"{graph.name}.{args.format}")
     if out.suffix.lstrip(".") != args.format:
         raise UserError(f"output '{out}' does not end in .{args.format}", status=2)
-    if not out.parent.exists():
-        raise UserError(f"cannot write '{out}': folder '{out.parent}' does not exist", status=2)
     render_image(graph, out, expand=args.expand)
     print(f"wrote {out}")
     return 0
+
+
+def _check_output(out: Path) -> None:
+    """-o names a file in a folder that exists and accepts it (checked before any work)."""
+    check_output_file(out)
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write '{out}': folder '{out.parent}' does not exist", status=2)

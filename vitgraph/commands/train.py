@@ -20,6 +20,7 @@ from typing import Iterator
 
 from ..cli import parse_overrides, require_files
 from ..diagnostics import UserError
+from ..fileio import check_output_folder
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by train and eval: where the data is and how it is read."""
@@ -96,6 +97,7 @@ def spec_of(args: argparse.Namespace) -> Iterator[str]:
 def _train(args: argparse.Namespace, spec: str) -> int:
     from ..train import run as train_run
 
+    check_output_folder(args.out or "runs")
     result = train_run(
         spec, args.dataset or "digits", args.recipe, epochs=args.epochs, batch_size=args.batch_size,
         overrides=parse_overrides(args.recipe_set), spec_overrides=parse_overrides(args.set), out=args.out,

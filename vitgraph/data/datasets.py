@@ -15,10 +15,14 @@ Names and layouts (under the data root):
                  split is the test split.
   imagenet       imagenet/{train,val}/<wnid>/*.JPEG (ILSVRC-2012; no download, needs a login).
   a path         an image-folder tree: <path>/{train,test|val}/<class>/<image>, or
-                 <path>/<class>/<image> split 80/20 stratified with seed 0.
+                 <path>/<class>/<image> split 80/20 stratified with seed 0 (a class of one
+                 image keeps it in train). train/ and test/ must hold the same classes.
 
 A folder of files is decoded once into a uint8 array cached under VITGRAPH_CACHE when it fits
 `memory_limit` bytes (mode "auto"), and streamed otherwise (mode "stream" forces streaming).
+Decoded arrays hold every image at the dataset's declared size (32x32 for the CIFAR folders,
+64x64 for Tiny-ImageNet), or, for a folder without one, at the size most of its files have:
+never at the size of whichever file happens to come first.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import numpy as np
 
 from ..diagnostics import UserError, suggestion
 from ..fileio import write_atomic
-from .formats import (Arrays, Files, decode, decode_all, read_cifar, read_digits, read_svhn,
+from .formats import (Arrays, Files, common_size, decode_all, read_cifar, read_digits, read_svhn,
                       read_tiny_imagenet, scan_folder, stratified_sample, stratified_split)
 from .sources import Remote, cache_dir, data_root, extract, fetch
 
@@ -55,10 +59,16 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str = ""
+    size: tuple[int, int] | None = None  # (H, W) file splits are decoded at (see the module docstring)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the images held in memory; None while streamed (each file is resized to the model)."""
+        return tuple(self.train.images.shape[2:]) if isinstance(self.train, Arrays) else None
 
     @property
     def in_memory(self) -> bool:
@@ -78,26 +88,28 @@ class Known:
     folder: str = ""  # image-folder tree accepted instead of the official format
     remote_dir: str = ""  # subdirectory the remotes are saved in (default: the root)
     aliases: tuple[str, ...] = field(default=())
+    size: tuple[int, int] | None = None  # (H, W) of the official images, when they all have one
 
 
 KNOWN: dict[str, Known] = {k.name: k for k in (
     Known("cifar10", "cifar-10-batches-py",
           (Remote("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
           "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it there",
-          (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), folder="cifar10"),
+          (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), folder="cifar10", size=(32, 32)),
     Known("cifar100", "cifar-100-python",
           (Remote("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),),
           "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it there",
-          (0.5070, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), folder="cifar100"),
+          (0.5070, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), folder="cifar100", size=(32, 32)),
     Known("svhn", "svhn",
           (Remote("http://ufldl.stanford.edu/housenumbers/train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
            Remote("http://ufldl.stanford.edu/housenumbers/test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3")),
           "download train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/ into svhn/",
-          (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), remote_dir="svhn"),
+          (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), remote_dir="svhn", size=(32, 32)),
     Known("tiny-imagenet", "tiny-imagenet-200",
           (Remote("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de"),),
           "download tiny-imagenet-200.zip from http://cs231n.stanford.edu/ and unzip it there",
-          (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), aliases=("tiny_imagenet", "tinyimagenet")),
+          (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), aliases=("tiny_imagenet", "tinyimagenet"),
+          size=(64, 64)),
     Known("imagenet", "imagenet", (),
           "get ILSVRC-2012 from https://image-net.org (login required) and arrange it as "
           "imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG"),
@@ -194,16 +206,20 @@ def _svhn(known: Known, directory: Path) -> Dataset:
 def _tiny(known: Known, directory: Path) -> Dataset:
     train, classes = read_tiny_imagenet(directory, "train")
     test, _ = read_tiny_imagenet(directory, "val")
-    return Dataset(known.name, classes, train, test, known.mean, known.std, str(directory))
+    return Dataset(known.name, classes, train, test, known.mean, known.std, str(directory), known.size)
 
 
 def _folder_dataset(name: str, directory: Path, mean: tuple[float, ...], std: tuple[float, ...],
                     known: Known | None) -> Dataset:
     """An image-folder tree with train/ and test/ (or val/), or bare class folders split 80/20."""
     test_dir = next((directory / t for t in TEST_DIRS if (directory / t).is_dir()), None)
-    if (directory / "train").is_dir() and test_dir is not None:
+    if (directory / "train").is_dir() and test_dir is None:
+        raise UserError(f"{directory} has train/ but no test split ({'/, '.join(TEST_DIRS)}/)",
+                        hint="add the test images as <path>/test/<class>/<image>")
+    if (directory / "train").is_dir():
         train, classes = scan_folder(directory / "train")
-        test, _ = scan_folder(test_dir, classes)
+        test, test_classes = scan_folder(test_dir)
+        _same_classes(directory / "train", classes, test_dir, test_classes)
     else:
         every, classes = scan_folder(directory)
         if len(every) == 0:
@@ -215,7 +231,16 @@ def _folder_dataset(name: str, directory: Path, mean: tuple[float, ...], std: tu
     if len(train) == 0 or len(test) == 0:
         raise UserError(f"{directory} has {len(train)} train and {len(test)} test images",
                         hint="expected <path>/{train,test}/<class>/<image>")
-    return Dataset(name, classes, train, test, mean, std, str(directory))
+    return Dataset(name, classes, train, test, mean, std, str(directory), known.size if known else None)
+
+
+def _same_classes(train_dir: Path, train: list[str], test_dir: Path, test: list[str]) -> None:
+    """test/ must have the classes of train/, and no others (labels are positions in the list)."""
+    if train != test:
+        only = [f"only in {d.name}/: {', '.join(sorted(set(a) - set(b)))}"
+                for d, a, b in ((train_dir, train, test), (test_dir, test, train)) if set(a) - set(b)]
+        raise UserError(f"the classes of {train_dir} and {test_dir} differ ({'; '.join(only)})",
+                        hint="every class needs a folder with images in both")
 
 
 def _digits() -> Dataset:
@@ -233,15 +258,15 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 
 
 def _hold(ds: Dataset, mode: str, memory_limit: int) -> Dataset:
-    """Decode file splits into cached arrays when the mode and size allow."""
+    """Decode file splits into cached arrays, at the dataset's size, when the mode and size allow."""
     if mode == "stream" or not isinstance(ds.train, Files):
         return ds
-    first = decode(ds.train.paths[0])
-    needed = first.nbytes * (len(ds.train) + len(ds.test))
+    ds.size = ds.size or common_size(ds.train.paths)
+    needed = 3 * ds.size[0] * ds.size[1] * (len(ds.train) + len(ds.test))
     if mode == "auto" and needed > memory_limit:
         return ds
-    ds.train = cached_decode(ds.train, ds.name, "train")
-    ds.test = cached_decode(ds.test, ds.name, "test")
+    ds.train = cached_decode(ds.train, ds.name, "train", ds.size)
+    ds.test = cached_decode(ds.test, ds.name, "test", ds.size)
     return ds
 
 
@@ -264,16 +289,17 @@ def take(split: Arrays | Files, n: int, seed: int, where: str) -> Arrays | Files
     return Files([split.paths[i] for i in idx], split.labels[idx])
 
 
-def _say_decoding(files: Files, name: str, split: str, path: Path) -> None:
+def _say_decoding(files: Files, name: str, split: str, size: tuple[int, int], path: Path) -> None:
     """One line before the (first, slow) decoding of a split: how much, and where it is kept."""
-    size = decode(files.paths[0]).nbytes * len(files)
-    print(f"decoding {len(files):,} images of {name} ({split}, {size / 2**20:,.0f} MiB) once into {path} "
+    mib = 3 * size[0] * size[1] * len(files) / 2**20
+    print(f"decoding {len(files):,} images of {name} ({split}, {mib:,.0f} MiB) once into {path} "
           "(VITGRAPH_CACHE sets the folder)", file=sys.stderr, flush=True)
 
 
-def cached_decode(files: Files, name: str, split: str) -> Arrays:
-    """Decode `files` once; later calls load the .npz cache keyed by the files' paths, sizes and mtimes."""
-    digest = hashlib.sha1()
+def cached_decode(files: Files, name: str, split: str, size: tuple[int, int]) -> Arrays:
+    """Decode `files` at `size` once; later calls load the .npz cache keyed by the size and the
+    files' paths, sizes and mtimes."""
+    digest = hashlib.sha1(f"{size[0]}x{size[1]}\n".encode())
     for p in files.paths:
         st = p.stat()
         digest.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -285,8 +311,8 @@ def cached_decode(files: Files, name: str, split: str) -> Arrays:
                 return Arrays(z["images"], z["labels"])
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged cache is rebuilt
-    _say_decoding(files, name, split, path)
-    arrays = decode_all(files)
+    _say_decoding(files, name, split, size, path)
+    arrays = decode_all(files, size)
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
             np.savez(f, images=arrays.images, labels=arrays.labels)

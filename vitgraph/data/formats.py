@@ -8,8 +8,18 @@
 - Tiny-ImageNet (CS231n): wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG with
   val/val_annotations.txt mapping each file to its wnid.
 - Image folders (ImageNet, anything else): <split>/<class>/<image>, classes sorted by name.
+  Hidden files (macOS's `._name.jpg`) are not images. A split folder must hold class folders
+  only (no `__MACOSX` or hidden folders), each with at least one image.
 - Digits (the UCI optdigits test set, shipped as vitgraph/data/digits.npz): 1,797 8x8 images,
   17 grey levels.
+
+Image files of every mode Pillow reads become 8-bit RGB, per file (`open_rgb`): 16-bit and
+32-bit integer images keep their high byte (as Pillow reads 16-bit colour PNGs); float images
+are taken as [0, 1] when their maximum is at most 1, else as [0, 255] when at most 255, else
+as 16-bit levels; images with transparency (an alpha channel, a palette or colour key) are
+laid over white; CMYK, YCbCr, LAB and 1-bit images go through Pillow's conversion; an
+animation gives its first frame. Images larger than Pillow's decompression-bomb limit are
+refused.
 
 Corrupt or incomplete files raise UserError naming the file and the remedy.
 """
@@ -17,15 +27,23 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from ..diagnostics import UserError
 
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+JUNK_FOLDERS = ("__MACOSX",)  # besides hidden folders: what archives and tools leave beside class folders
+SIZE_SAMPLE = 1000  # files whose header decides the common size of a folder dataset
 
 
 @dataclass
@@ -116,7 +134,7 @@ def read_tiny_imagenet(directory: Path, split: str) -> tuple[Files, list[str]]:
     labels: list[int] = []
     if split == "train":
         for wnid in wnids:
-            found = sorted(p for p in (directory / "train" / wnid / "images").glob("*") if _is_image(p))
+            found = images_in(directory / "train" / wnid / "images")
             paths += found
             labels += [index[wnid]] * len(found)
     else:
@@ -136,44 +154,129 @@ def read_tiny_imagenet(directory: Path, split: str) -> tuple[Files, list[str]]:
     return Files(paths, np.asarray(labels, dtype=np.int64)), wnids
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+def images_in(folder: Path) -> list[Path]:
+    """The image files of a folder, sorted by name (hidden files are not images); UserError when
+    the folder cannot be read."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as e:
+        raise UserError(f"cannot read folder {folder}: {e.strerror or e}") from None
+    return sorted(p for p in entries
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
-def scan_folder(directory: Path, classes: list[str] | None = None) -> tuple[Files, list[str]]:
-    """<directory>/<class>/<image> with classes sorted by name (or the given class list)."""
-    if classes is None:
-        classes = sorted(d.name for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
-    paths: list[Path] = []
-    labels: list[int] = []
-    for i, name in enumerate(classes):
-        found = sorted(p for p in (directory / name).glob("*") if _is_image(p)) if (directory / name).is_dir() else []
-        paths += found
-        labels += [i] * len(found)
-    return Files(paths, np.asarray(labels, dtype=np.int64)), classes
+def class_images(directory: Path) -> dict[str, list[Path]]:
+    """The images of each class folder of a split folder, classes sorted by name. UserError naming
+    the folders when some are not classes (`__MACOSX`, hidden folders) or hold no image (empty or
+    unreadable)."""
+    try:
+        folders = sorted(d for d in directory.iterdir() if d.is_dir())
+    except OSError as e:
+        raise UserError(f"cannot read folder {directory}: {e.strerror or e}") from None
+    junk = [d.name for d in folders if d.name in JUNK_FOLDERS or d.name.startswith(".")]
+    if junk:
+        raise UserError(f"{directory} holds folders that are not classes: {', '.join(junk)}",
+                        hint="remove them (archives made on macOS add __MACOSX; tools add hidden folders)")
+    found, bad = {}, []
+    for d in folders:
+        try:
+            found[d.name] = images_in(d)
+        except UserError:
+            bad.append(f"{d.name} (unreadable)")
+            continue
+        if not found[d.name]:
+            bad.append(f"{d.name} (no images)")
+    if bad:
+        raise UserError(f"{directory} has class folders without a readable image: {', '.join(bad)}",
+                        hint=f"every class folder needs at least one image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                             "remove or fill these")
+    return found
 
 
-def decode(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One image file as uint8 (C, H, W), RGB; resized (bilinear) to `size` = (H, W) if given."""
+def scan_folder(directory: Path) -> tuple[Files, list[str]]:
+    """<directory>/<class>/<image>: the files with their labels, and the classes sorted by name."""
+    images = class_images(directory)
+    paths = [p for found in images.values() for p in found]
+    labels = [i for i, found in enumerate(images.values()) for _ in found]
+    return Files(paths, np.asarray(labels, dtype=np.int64)), list(images)
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[PILImage.Image]:
+    """Image.open, with every way of failing turned into one UserError naming the file."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
-    except OSError as e:
-        raise corrupt(path, e) from e
+            yield im
+    except FileNotFoundError:
+        raise UserError(f"image {path} not found") from None
+    except Image.DecompressionBombError as e:
+        size = str(e).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise UserError(f"{path} is too large to decode safely: {size}",
+                        hint="shrink or remove it (Pillow refuses images this large as possible "
+                             "decompression bombs)") from None
+    except (OSError, ValueError, EOFError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise UserError(f"cannot read {path} as an image ({e})", hint=f"replace or remove {path}") from None
 
 
-def decode_all(files: Files, workers: int = 8) -> Arrays:
-    """Decode every file in parallel threads (PIL releases the GIL while decoding). Images of
-    another size than the first are resized to it, so they stack into one array."""
+def open_rgb(path: Path) -> PILImage.Image:
+    """An image file as an 8-bit RGB image, decoded as the module docstring says."""
+    with _opened(path) as im:
+        return _to_rgb(im)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header."""
+    with _opened(path) as im:
+        return im.size[1], im.size[0]
+
+
+def _to_rgb(im: PILImage.Image) -> PILImage.Image:
+    from PIL import Image
+
+    if im.mode.startswith("I") or im.mode == "F":
+        grey = _to_8bit(np.asarray(im), im.mode == "F")
+        return Image.fromarray(grey, "L").convert("RGB")
+    if "A" in im.mode or "a" in im.mode or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _to_8bit(values: np.ndarray, floating: bool) -> np.ndarray:
+    """Integer (16/32-bit) or float pixel values -> uint8 levels (see the module docstring)."""
+    if not floating:
+        return (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+    x = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(x.max(initial=0.0))
+    scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / 65535.0
+    return np.clip(np.rint(x * scale), 0, 255).astype(np.uint8)
+
+
+def common_size(paths: list[Path]) -> tuple[int, int]:
+    """The (H, W) most files have, from the headers of up to SIZE_SAMPLE evenly spaced files:
+    the size a folder dataset is decoded at when it declares none (ties: the larger size)."""
+    step = max(1, len(paths) // SIZE_SAMPLE)
+    counts = Counter(image_size(p) for p in paths[::step])
+    return max(counts, key=lambda hw: (counts[hw], hw[0] * hw[1], hw))
+
+
+def decode(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """One image file as uint8 (C, H, W), RGB, resized (bilinear) to `size` = (H, W)."""
+    from PIL import Image
+
+    im = open_rgb(path)
+    if im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+
+
+def decode_all(files: Files, size: tuple[int, int], workers: int = 8) -> Arrays:
+    """Decode every file in parallel threads (PIL releases the GIL while decoding), each resized
+    to `size` = (H, W) when it has another size, so they stack into one array."""
     if not files.paths:
         raise UserError("no images to decode")
-    first = decode(files.paths[0])
-    size = (first.shape[1], first.shape[2])
     out = np.empty((len(files), 3, *size), dtype=np.uint8)  # (N, C, H, W)
 
     def work(i: int) -> None:
@@ -220,6 +323,16 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified split: indices (train, test), each class split in the same proportion."""
-    test = stratified_sample(labels, max(1, math.ceil(test_fraction * len(labels))), seed)
-    return np.setdiff1d(np.arange(len(labels)), test), test
+    """Deterministic stratified split: indices (train, test), each class split in the same
+    proportion (stratified_sample). A class of one image cannot be split: it goes to train."""
+    index = np.arange(len(labels))
+    alone = np.bincount(labels)[labels] == 1
+    rest = index[~alone]
+    classes = len(np.unique(labels[rest]))
+    n_test = math.ceil(test_fraction * len(rest))
+    if not 0 < classes <= n_test <= len(rest) - classes:  # every class on both sides
+        raise UserError(f"cannot split {len(labels)} images of {len(set(labels.tolist()))} classes "
+                        f"{1 - test_fraction:.0%}/{test_fraction:.0%} by class: {n_test} test images for "
+                        f"{classes} classes", hint="give the images as <path>/{train,test}/<class>/<image>")
+    test = rest[stratified_sample(labels[rest], n_test, seed)]
+    return np.setdiff1d(index, test), np.sort(test)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..diagnostics import UserError
 from . import augment as A
-from .formats import Arrays, Files
+from .formats import Arrays, Files, open_rgb
 from .policies import auto_augment, grey, rand_augment
 
 if TYPE_CHECKING:
@@ -158,28 +158,27 @@ class _Decode(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[Tensor, int, str]:
+        """(image, label, error): a file that cannot be decoded gives a blank image and its error
+        ("message\nhint"), which the loader raises in the main process (raised in a worker, it
+        would reach the user wrapped in the worker's traceback)."""
         from PIL import Image
 
-        from .formats import corrupt
-
-        path = self.files.paths[i]
+        label = int(self.files.labels[i])
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                if self.train and self.rrc:
-                    top, left, ch, cw = A.draw_resized_crops(1, h, w, None, torch.device("cpu"),
-                                                             (self.rrc_scale_min, 1.0))[0].tolist()
-                    im = im.resize((self.size[1], self.size[0]), Image.BILINEAR, box=(left, top, left + cw, top + ch))
-                elif self.train or self.crop_pct >= 1.0:
-                    im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
-                else:
-                    im = _center_crop(im, self.size, self.crop_pct)
-                x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # (C, H, W)
-        except OSError as e:
-            raise corrupt(path, e) from e
-        return x, int(self.files.labels[i])
+            im = open_rgb(self.files.paths[i])
+        except UserError as e:
+            return torch.zeros(3, *self.size, dtype=torch.uint8), label, f"{e.message}\n{e.hint or ''}"
+        w, h = im.size
+        if self.train and self.rrc:
+            top, left, ch, cw = A.draw_resized_crops(1, h, w, None, torch.device("cpu"),
+                                                     (self.rrc_scale_min, 1.0))[0].tolist()
+            im = im.resize((self.size[1], self.size[0]), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+        elif self.train or self.crop_pct >= 1.0:
+            im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
+        else:
+            im = _center_crop(im, self.size, self.crop_pct)
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1), label, ""  # (C, H, W)
 
 
 def _center_crop(im, size: tuple[int, int], crop_pct: float):
@@ -227,5 +226,9 @@ class StreamLoader(MemoryLoader):
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         self.loader.generator.manual_seed(self.seed * 1_000_003 + self.epoch + 7 * self.rank)
-        for x, y in self.loader:
+        for x, y, errors in self.loader:
+            failed = next((e for e in errors if e), None)
+            if failed:
+                message, hint = failed.split("\n", 1)
+                raise UserError(message, hint=hint or None)
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import networkx as nx
 
 from ..diagnostics import SpecError
-from ..ir import Graph, Op
+from ..ir import Graph
+from ..ops.head import Head
 from ..ops import node_buffers, node_params
 
 
@@ -13,10 +14,10 @@ def run(graph: Graph) -> Graph:
     g = graph.digraph
     if not nx.is_directed_acyclic_graph(g):
         raise SpecError("internal error: the lowered graph has a cycle")
-    inputs = [n for n in graph if n.op is Op.INPUT]
+    inputs = [n for n in graph if not n.inputs]
     if len(inputs) != 1:
         raise SpecError(f"expected exactly one input, found {len(inputs)}")
-    if graph.output.op is not Op.HEAD:
+    if graph.output.op is not Head:
         raise SpecError("internal error: the graph does not end in a head")
     names: dict[str, object] = {}
     keys: dict[str, object] = {}

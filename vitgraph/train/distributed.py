@@ -5,7 +5,8 @@ the helpers here do nothing."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ class Context:
     local_rank: int
     device: torch.device
     owns_group: bool = False  # this process created the process group (and destroys it)
+    held: ExitStack = field(default_factory=ExitStack)  # what the run holds until it ends (its folder's lock)
 
     @property
     def main(self) -> bool:
@@ -36,6 +38,7 @@ class Context:
             dist.barrier()
 
     def close(self) -> None:
+        self.held.close()
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -59,7 +59,7 @@ from ..data.datasets import Dataset, load_dataset, load_subset
 from ..data.formats import Arrays
 from ..data.pipeline import Augmenter, MemoryLoader, StreamLoader
 from ..diagnostics import UserError
-from ..fileio import write_atomic
+from ..fileio import folder_lock, remove_stale_temps, write_atomic
 from ..ir import Graph
 from .distributed import Context, setup
 from .finetune import load_pretrained
@@ -354,6 +354,13 @@ def _run_dir(out: str | os.PathLike[str] | None, model: str, dataset: str, recip
     return Path("runs") / f"{model}-{Path(dataset).name}-{recipe.name}-s{seed}"
 
 
+def _claim_run_dir(run_dir: Path, ctx: Context) -> list[str]:
+    """Lock the run folder until the run ends (another process training into it is told which
+    process holds it) and remove the temporary files of writes killed there; returns notes."""
+    ctx.held.enter_context(folder_lock(run_dir))
+    return [f"removed {path.name}, left by a write that was killed" for path in remove_stale_temps(run_dir)]
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
@@ -374,6 +381,7 @@ def _config(spec: str, graph: Graph, ds: Dataset, recipe: Recipe, ctx: Context, 
                  "input": list(graph.image), "classes": graph.classes},
         "dataset": {"name": ds.name, "source": ds.source, "train": len(ds.train), "test": len(ds.test),
                     "classes": ds.num_classes, "class_names": list(ds.classes), "in_memory": ds.in_memory,
+                    "image_size": ds.image_size,
                     "mean": ds.mean, "std": ds.std},
         "recipe": recipe.to_dict(), "effective_lr": recipe.effective_lr(), "seed": seed,
         "world_size": ctx.world, "batch_per_process": recipe.batch_size // ctx.world, "steps_per_epoch": steps,
@@ -507,6 +515,7 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
         raise UserError(f"recipe {recipe.name} distils (distill = {recipe.distill}) but no teacher was given",
                         hint="add --teacher SPEC --teacher-weights CKPT, or --distill none")
     run_dir = _run_dir(out, vitgraph.compile(spec).name, dataset, recipe, seed)
+    claimed = _claim_run_dir(run_dir, ctx) if ctx.main else []
     if (run_dir / "last.pt").is_file() and not resume:
         raise UserError(f"{run_dir} already holds a run ({run_dir / 'last.pt'})",
                         hint="continue it with --resume, or choose another folder with --out")
@@ -516,6 +525,7 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
     stored = (spec_info(start_from) or {}).get("params")
     ds = _load_data(dataset, data_root, download, data_mode, ctx, limits.subset, seed)
     graph, notes = compile_for(spec, ds.num_classes, recipe, spec_overrides, stored)
+    notes = claimed + notes
     torch.manual_seed(seed)  # the same initial weights on every rank
     model = vitgraph.to_torch(graph).to(ctx.device)
     if start_from is not None:

@@ -9,6 +9,9 @@ A recipe file holds flat `key = value` pairs (the fields of Recipe), an optional
 table of spec parameters (e.g. drop_path) applied when the spec declares them; `--set` on the
 command line wins over them. Every field can be overridden as `key=value`; `spec.NAME=value`
 overrides a [spec] entry. A path ending in .toml names a recipe file outside the package.
+Every value is checked when the recipe is resolved, before any data is read: a choice must be
+one of its words, a number finite and inside its range (RANGES), or one message says which
+key, which value and what is allowed.
 
 Files: augreg (base) + none, light1, light2, medium1, medium2, strong1, strong2 (Steiner et al.
 2021); deit (Touvron et al. 2020); small-datasets (Lee et al. 2021, SPT/LSA); binaryvit (Le & Li
@@ -17,6 +20,7 @@ Files: augreg (base) + none, light1, light2, medium1, medium2, strong1, strong2 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,7 +40,45 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "autoaugment": ("", "auto", "cifar10", "svhn", "imagenet"),
     "erase_mode": ("pixel", "const"),
 }
-PROBABILITIES = ("mix_prob", "mix_switch_prob", "erase_prob", "label_smoothing", "distill_alpha")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The finite numbers from `low` to `high`, each end included unless marked open."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def describe(self, key: str) -> str:
+        """'epochs >= 1', '0 <= momentum < 1', '0 < eval_crop_pct <= 1'."""
+        low_op = "<" if self.low_open else "<="
+        if self.high == math.inf:
+            return f"{key} {'>' if self.low_open else '>='} {self.low:g}"
+        return f"{self.low:g} {low_op} {key} {'<' if self.high_open else '<='} {self.high:g}"
+
+
+AT_LEAST_ONE, POSITIVE, NON_NEGATIVE = Range(1), Range(0, low_open=True), Range(0)
+PROBABILITY, BELOW_ONE, FRACTION = Range(0, 1), Range(0, 1, high_open=True), Range(0, 1, low_open=True)
+RANGES: dict[str, Range] = {
+    "epochs": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "repeats": AT_LEAST_ONE,
+    "lr": POSITIVE, "lr_base_batch": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "momentum": BELOW_ONE,
+    "grad_clip": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE,
+    "warmup_lr": NON_NEGATIVE, "min_lr": NON_NEGATIVE, "ema_decay": BELOW_ONE,
+    "label_smoothing": BELOW_ONE, "distill_alpha": PROBABILITY, "distill_tau": POSITIVE,
+    "crop_padding": NON_NEGATIVE, "rrc_scale_min": FRACTION,
+    "randaug_n": NON_NEGATIVE, "randaug_m": NON_NEGATIVE, "randaug_mstd": NON_NEGATIVE,
+    "erase_prob": PROBABILITY, "erase_area_max": Range(0.02, 1),  # random erasing's smallest area is 2%
+    "erase_ratio": FRACTION,  # aspect ratios from erase_ratio to 1 / erase_ratio
+    "mixup_alpha": NON_NEGATIVE, "cutmix_alpha": NON_NEGATIVE, "mix_prob": PROBABILITY, "mix_switch_prob": PROBABILITY,
+    "eval_crop_pct": FRACTION,
+}
 
 
 @dataclass(frozen=True)
@@ -192,11 +234,8 @@ def _check(r: Recipe) -> None:
         if value not in allowed:
             raise UserError(f"recipe {r.name}: {key} = '{value}'; expected one of "
                             f"{', '.join(repr(a) for a in allowed)}{suggestion(value, allowed)}", status=2)
-    for key in PROBABILITIES:
-        if not 0.0 <= getattr(r, key) <= 1.0:
-            raise UserError(f"recipe {r.name}: {key} = {getattr(r, key)} is not in [0, 1]", status=2)
-    for key in ("epochs", "batch_size", "repeats"):
-        if getattr(r, key) < 1:
-            raise UserError(f"recipe {r.name}: {key} must be at least 1, got {getattr(r, key)}", status=2)
-    if r.lr <= 0 or r.weight_decay < 0 or r.distill_tau <= 0:
-        raise UserError(f"recipe {r.name}: lr and distill_tau must be > 0 and weight_decay >= 0", status=2)
+    for key, allowed in RANGES.items():
+        value = getattr(r, key)
+        if value not in allowed:
+            raise UserError(f"recipe {r.name}: {key} = {value} is out of range; expected {allowed.describe(key)}",
+                            status=2)

@@ -1,0 +1,127 @@
+"""Passes over the exported ONNX graph, one per module, each `run(export) -> report`
+(lines saying what it changed). The lowering (backends/_onnx_lower.py) emits one
+standard form; these make it fast:
+
+  fold_constants   evaluate constant subgraphs (weight transposes, binarized weights)
+                   into initializers;
+  fold_affine      fold per-channel Mul/Add/Sub chains (eval BatchNorm, RPReLU's input
+                   shift, biases) into one Mul and one Add, or into the weight and bias
+                   of the linear layer before them;
+  fuse_attention   onnxruntime's com.microsoft.Attention (MultiHeadAttention where only
+                   the class tokens' queries are live) for full-precision attention;
+  fuse_bias_gelu   onnxruntime's com.microsoft.BiasGelu for bias + GELU.
+
+STANDARD keeps standard ONNX ops (any runtime, any dtype); FUSED adds onnxruntime's
+kernels (float32, onnxruntime only).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from vitgraph.ir import Graph
+
+from .._onnx_graph import OnnxGraph
+
+STANDARD: tuple[str, ...] = ("fold_constants", "fold_affine")
+FUSED: tuple[str, ...] = STANDARD + ("fuse_attention", "fuse_bias_gelu")
+
+
+@dataclass
+class Export:
+    """What a pass sees: the ONNX graph being built, the eval-mode IR it came from, and
+    where each IR node's output is (IR node name -> ONNX value)."""
+
+    g: OnnxGraph
+    graph: Graph
+    values: dict[str, str]
+    outputs: tuple[str, ...] = ("logits",)
+    kept: set[str] = field(default_factory=set)  # initializers no pass may fold (packed weights)
+
+    # -- reading ------------------------------------------------------------------------
+    def producers(self) -> dict[str, onnx.NodeProto]:
+        return {o: n for n in self.g.nodes for o in n.output}
+
+    def consumers(self) -> dict[str, list[onnx.NodeProto]]:
+        out: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.g.nodes:
+            for i in n.input:
+                if i:
+                    out.setdefault(i, []).append(n)
+        return out
+
+    def constant(self, name: str) -> np.ndarray | None:
+        init = self.g.initializers.get(name)
+        return None if init is None else numpy_helper.to_array(init)
+
+    # -- writing ------------------------------------------------------------------------
+    def unique(self, name: str) -> str:
+        """`name`, or `name:k` for the first k that no initializer or value uses."""
+        taken = set(self.g.initializers) | {o for n in self.g.nodes for o in n.output}
+        if name not in taken:
+            return name
+        k = 1
+        while f"{name}:{k}" in taken:
+            k += 1
+        return f"{name}:{k}"
+
+    def initializer(self, name: str, array: np.ndarray) -> str:
+        self.g.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        return name
+
+    def float_initializer(self, name: str, array: np.ndarray) -> str:
+        return self.initializer(name, np.asarray(array, self.g.dtype))
+
+    def take(self, old: list[onnx.NodeProto], drop_initializers: bool = True) -> int:
+        """Remove nodes (to be replaced where the first of them stood, see `put`), their
+        names, and (unless told not to) the initializers only they read; return the position."""
+        old_ids = {id(n) for n in old}
+        at = min(i for i, n in enumerate(self.g.nodes) if id(n) in old_ids)
+        read = {i for n in old for i in n.input}
+        self.g.nodes[:] = [n for n in self.g.nodes if id(n) not in old_ids]
+        still = {i for n in self.g.nodes for i in n.input} | set(self.outputs)
+        for name in (read - still) if drop_initializers else ():
+            self.g.initializers.pop(name, None)
+        for n in old:
+            self.g.release_name(n.name)
+        return at
+
+    def put(self, at: int, new: list[onnx.NodeProto]) -> None:
+        self.g.nodes[at:at] = new
+
+    def node(self, op_type: str, inputs: list[str], outputs: list[str], scope: str, domain: str = "",
+             **attrs: object) -> onnx.NodeProto:
+        """A node named `<scope>/<OpType>` (made unique), not yet in the graph."""
+        return onnx.helper.make_node(op_type, inputs, outputs, name=self.g.fresh_name(f"{scope}/{op_type}"),
+                                     domain=domain or None, **attrs)
+
+    def emitted(self, start: int) -> list[onnx.NodeProto]:
+        """The nodes appended since len(g.nodes) was `start`, taken off the end."""
+        new = self.g.nodes[start:]
+        del self.g.nodes[start:]
+        return new
+
+    def prune(self) -> int:
+        """Drop initializers that no node reads any more; return how many."""
+        used = {i for n in self.g.nodes for i in n.input} | set(self.outputs)
+        dead = [k for k in self.g.initializers if k not in used]
+        for k in dead:
+            del self.g.initializers[k]
+        return len(dead)
+
+
+def base_name(name: str) -> str:
+    """The state-dict key an initializer was made from: `key:folded` -> `key`."""
+    return name.split(":", 1)[0]
+
+
+def run_passes(export: Export, names: tuple[str, ...]) -> list[str]:
+    report: list[str] = []
+    for name in names:
+        report.extend(importlib.import_module(f"{__name__}.{name}").run(export))
+    export.prune()
+    return report
