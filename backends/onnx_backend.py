@@ -177,19 +177,38 @@ def packed_sizes(graph: Graph) -> tuple[int, int]:
 
 
 # -- `vitgraph build SPEC --backend onnx` ------------------------------------------------------
-def load_state_dict(path: str, graph: Graph) -> tuple[dict[str, Any], list[str]]:
+def load_state_dict(source: Mapping[str, Any], graph: Graph, where: str) -> tuple[dict[str, Any], list[str]]:
     """A checkpoint's weights, read by the torch backend's loader (vitgraph, DeiT and timm
     checkpoints; position embeddings resampled to the spec's grid), and its notes."""
     from . import torch_backend
 
     module = torch_backend.to_torch(graph)
-    notes = torch_backend.load_weights(module, graph, path)
+    notes = torch_backend.load_weights(module, graph, source, where)
     return module.state_dict(), notes
+
+
+def checkpoint_model(graph: Graph, ck: Mapping[str, Any] | None, where: str | None,
+                     fused: bool | None = None) -> tuple[onnx.ModelProto, list[str], str]:
+    """The ONNX model of a checkpoint's weights (None: the spec's initialisation), with the
+    preprocessing and class names the checkpoint records (else those of the config.json beside
+    it), and the weights described in the metadata ("weights", "trained"); also the notes of the
+    loader and where the preprocessing came from."""
+    from vitgraph.checkpoints import describe, preprocessing, trained
+
+    state, notes = load_state_dict(ck, graph, str(where)) if ck is not None else (None, [])
+    prep, origin = preprocessing(ck), f"{where}"
+    if not prep and where:
+        prep, origin = run_preprocessing(where), str(Path(where).with_name("config.json"))
+    model = to_onnx(graph, state, fused=fused, **prep)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        "weights": describe(ck), "trained": json.dumps(trained(ck))})
+    return model, notes, origin if prep else ""
 
 
 def run_preprocessing(checkpoint: str) -> dict[str, Any]:
     """mean, std (and class_names, if recorded) of the dataset a checkpoint was trained on,
-    from the config.json that `vitgraph train` writes beside it; {} if there is none."""
+    from the config.json that `vitgraph train` writes beside it (checkpoints written before
+    they described themselves); {} if there is none."""
     config = Path(checkpoint).with_name("config.json")
     try:
         dataset = json.loads(config.read_text()).get("dataset", {})
@@ -225,10 +244,12 @@ def _passes(model: onnx.ModelProto) -> list[str]:
 
 
 def build_command(graph: Graph, args: argparse.Namespace) -> int:
-    """`vitgraph build SPEC --backend onnx [-o OUT] [--weights CKPT]`: export, check, summarise."""
-    state, notes = load_state_dict(args.weights, graph) if args.weights else (None, [])
-    prep = run_preprocessing(args.weights) if args.weights else {}
-    model = to_onnx(graph, state, fused=False if getattr(args, "standard_ops", False) else None, **prep)
+    """`vitgraph build [SPEC] --backend onnx [-o OUT] [--weights CKPT]`: export, check, summarise."""
+    from .torch_backend import read_checkpoint
+
+    ck = read_checkpoint(args.weights) if args.weights else None
+    model, notes, origin = checkpoint_model(graph, ck, args.weights,
+                                            fused=False if getattr(args, "standard_ops", False) else None)
     onnx.checker.check_model(model, full_check=True)
     out = Path(args.output or f"{graph.name}.onnx")
     try:
@@ -238,9 +259,12 @@ def build_command(graph: Graph, args: argparse.Namespace) -> int:
     print(summary(graph, model, out))
     for note in notes:
         print(f"  note: {note}")
-    if prep:
-        print(f"  preprocessing ({', '.join(prep)}) from {Path(args.weights).with_name('config.json')}")
-    if state is None:
-        print("  note: no --weights, so the weights are the spec's initialisation (seed 0)")
+    meta = {p.key: p.value for p in model.metadata_props}
+    print(f"  weights {meta['weights']}")
+    if origin:
+        print(f"  preprocessing (mean, std, class names) from {origin}")
+    if ck is None:
+        print("  note: no --weights, so the weights are the spec's initialisation (seed 0): predictions mean "
+              "nothing until the model is trained (vitgraph train, then build --weights RUN/best.pt)")
     return 0
 

@@ -6,10 +6,10 @@ the keys of the DeiT (Touvron et al. 2020) and timm checkpoints (`cls_token`,
 `pos_embed`, `patch_embed.proj.weight`, `blocks.0.attn.qkv.weight`, `head_dist.weight`),
 which therefore load with strict=True and no mapping.
 
-Checkpoints: `load_weights` reads vitgraph checkpoints and DeiT/timm ones (a dict with a
-"model" key, or a bare state dict), resampling position embeddings bicubically over the
-patch grid when the token grid differs; `build_command` implements
-`vitgraph build SPEC --backend torch`.
+Checkpoints: `load_weights` reads vitgraph checkpoints (torch.save files or safetensors with
+vitgraph's metadata) and DeiT/timm ones (a dict with a "model" key, or a bare state dict),
+resampling position embeddings bicubically over the patch grid when the token grid differs;
+`build_command` implements `vitgraph build [SPEC] --backend torch [-o OUT.pt|OUT.safetensors]`.
 
 The forward pass runs the graph's nodes in their stable topological order; each op unit's
 lowering is registered in backends/_torch_registry.py's table: the modules live in
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import os
 import re
@@ -247,10 +248,13 @@ def resample_pos_embed(pos: Tensor, prefix: int, new_grid: tuple[int, int],
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """torch.load a checkpoint on the CPU without running arbitrary pickled code (DeiT's
-    training checkpoints carry an argparse.Namespace, which is allowed)."""
+    training checkpoints carry an argparse.Namespace, which is allowed); a .safetensors file
+    is read with its vitgraph metadata into the same shape ({"model": state dict, "spec": ...})."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -260,6 +264,36 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+SAFETENSORS_KEY = "vitgraph"  # the metadata entry holding the checkpoint's description (JSON)
+DESCRIPTION_KEYS = ("spec", "dataset", "recipe", "summary", "overrides", "seed", "vitgraph_version")
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """A safetensors file as a checkpoint dict: its tensors under "model", and the description
+    vitgraph wrote into its metadata (none for other writers' files)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state = {key: f.get_tensor(key) for key in f.keys()}
+            meta = f.metadata() or {}
+        description = json.loads(meta.get(SAFETENSORS_KEY, "{}"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"cannot read checkpoint {path}: {e}",
+                        hint="expected a .safetensors file (e.g. written by `vitgraph build -o X.safetensors`)") from None
+    return {**{k: v for k, v in description.items() if k in DESCRIPTION_KEYS}, "model": state}
+
+
+def save_safetensors(ck: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """The weights of a checkpoint dict as safetensors, its description (spec text, parameters,
+    dataset, recipe, summary) as JSON in the metadata; written atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in ck["model"].items()}
+    meta = {SAFETENSORS_KEY: json.dumps({k: ck[k] for k in DESCRIPTION_KEYS if k in ck}, default=str)}
+    return write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def _load_failure(e: Exception, path: Path) -> str:
@@ -296,12 +330,12 @@ def _listing(keys: list[str], limit: int = 8) -> str:
 
 
 def load_weights(module: nn.Module, graph: Graph,
-                 source: str | os.PathLike[str] | Mapping[str, Any]) -> list[str]:
+                 source: str | os.PathLike[str] | Mapping[str, Any], where: str | None = None) -> list[str]:
     """Load a checkpoint (path, checkpoint dict or state dict) into `module` strictly.
     Position embeddings whose token grid differs are resampled (bicubic, prefix rows
     kept). Raises UserError naming the missing, unexpected or mis-shaped keys. Returns
     notes on what was adapted (for the CLI to print)."""
-    where = str(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
+    where = where or (str(source) if isinstance(source, (str, os.PathLike)) else "checkpoint")
     obj = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     state = extract_state_dict(obj, where)
     target = module.state_dict()
@@ -359,11 +393,18 @@ def _si(x: float) -> str:
 
 
 def build_command(graph: Graph, args: argparse.Namespace) -> int:
-    """`vitgraph build SPEC --backend torch [-o OUT] [--weights CKPT]`: write a checkpoint
-    {"model", "spec"} and print a summary."""
+    """`vitgraph build [SPEC] --backend torch [-o OUT.pt|OUT.safetensors] [--weights CKPT]`: write
+    a checkpoint {"model", "spec"} (plus the dataset, recipe and summary of a trained CKPT) and
+    print a summary."""
+    from vitgraph.checkpoints import describe
+
     module = to_torch(graph)
-    notes = load_weights(module, graph, args.weights) if args.weights else []
-    out = save_atomic(checkpoint_dict(module, graph), args.output or f"{graph.name}.pt")
+    source = read_checkpoint(args.weights) if args.weights else None
+    notes = load_weights(module, graph, source, args.weights) if source is not None else []
+    ck = {**{k: source[k] for k in DESCRIPTION_KEYS if source and k in source and k != "spec"},
+          **checkpoint_dict(module, graph)}
+    target = Path(args.output or f"{graph.name}.pt")
+    out = save_safetensors(ck, target) if target.suffix == ".safetensors" else save_atomic(ck, target)
     total = vitgraph.count(graph).total
     c, h, w = graph.image
     lines = [f"built {graph.name} (torch) -> {out}",
@@ -371,7 +412,7 @@ def build_command(graph: Graph, args: argparse.Namespace) -> int:
              f"  input    {c}x{h}x{w} -> {graph.classes} classes",
              f"  params   {total.params:,} ({_si(total.fp_params)} full precision, {_si(total.binary_params)} binary)",
              f"  MACs     {_si(total.macs)}   BOPs {_si(total.bops)}   OPs {_si(total.ops)}",
-             f"  weights  {args.weights if args.weights else f'initialised ({graph.init})'}"]
+             f"  weights  {f'{args.weights}: {describe(source)}' if args.weights else f'initialised ({graph.init}), untrained'}"]
     lines += [f"  note     {n}" for n in notes]
     print("\n".join(lines))
     return 0

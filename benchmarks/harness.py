@@ -188,7 +188,7 @@ def find_teacher(p: Planned, suite_plan: list[Planned], store: ResultStore) -> T
     if run.teacher_weights:
         return Teacher(spec, run.teacher_weights, run.teacher_overrides)
     wanted = f"{Path(spec).stem}@{run.dataset}"
-    own = next((q for q in suite_plan if q.run.id == wanted), None)
+    own = next((q for q in suite_plan if q.run.id == wanted and q.run.seed == run.seed), None)
     if own is None:
         raise UserError(f"{run.id} distils from {wanted}, which is not a run of suite '{run.suite}'",
                         hint="add the teacher spec to the suite, or give teacher_weights")
@@ -200,75 +200,91 @@ def find_teacher(p: Planned, suite_plan: list[Planned], store: ResultStore) -> T
     return Teacher(spec, str(folder / "last.pt"), {**overrides, **run.teacher_overrides})
 
 
-def train_and_evaluate(p: Planned, folder: Path, epochs: int, device: str, teacher: Teacher | None,
+def train_and_evaluate(p: Planned, folder: Path, chosen: Budget, device: str, teacher: Teacher | None,
                        data_root: str | None, download: bool, progress: bool) -> dict[str, Any]:
     """Train with the run's recipe into `folder` (resuming what is there) and evaluate on the
     test split: the last epoch's top-1/top-5 (%), not the best one, so no test-set selection."""
     from vitgraph import train
 
-    result = _finished(folder, epochs, p.graph.spec.hash)
+    result = _finished(folder, p.graph.spec.hash)
     if result is None:
         run = p.run
-        result = train.run(run.spec_path, run.dataset, run.recipe, epochs=epochs, overrides=run.recipe_overrides,
-                           spec_overrides=run.overrides, out=folder, resume=(folder / "last.pt").is_file(),
-                           seed=run.seed, device=device,
+        result = train.run(run.spec_path, run.dataset, run.recipe, epochs=chosen.epochs,
+                           overrides=run.recipe_overrides, spec_overrides=run.overrides, out=folder,
+                           resume=(folder / "last.pt").is_file(), seed=run.seed, device=device,
                            data_root=data_root, download=download, progress=progress, distill=run.distill,
                            teacher=teacher and teacher.spec, teacher_weights=teacher and teacher.weights,
-                           teacher_overrides=teacher and teacher.overrides)
+                           teacher_overrides=teacher and teacher.overrides, max_steps=chosen.max_steps,
+                           minutes=run.minutes, subset=run.subset)
     if result["spec_hash"] != p.graph.spec.hash:
         raise UserError(f"{p.run.id}: trained spec hash {result['spec_hash']} differs from the planned "
                         f"{p.graph.spec.hash}", hint="the recipe or the spec changed while the suite ran")
-    keep = ("top1", "top5", "ema_top1", "ema_top5", "best_top1", "best_epoch", "epochs", "train_img_per_s",
-            "world_size")
+    keep = ("top1", "top5", "ema_top1", "ema_top5", "best_top1", "best_epoch", "epochs", "steps", "stopped_by",
+            "train_img_per_s", "world_size")
     return {**{k: result[k] for k in keep if k in result}, "train_seconds": result.get("train_time_s")}
 
 
-def _finished(folder: Path, epochs: int, spec_hash: str) -> dict[str, Any] | None:
-    """The training result in a run folder that already trained all its epochs (a run killed
-    after training but before its record was written), else None."""
+def _finished(folder: Path, spec_hash: str) -> dict[str, Any] | None:
+    """The training result in a run folder that already finished training (a run killed after
+    training but before its record was written), else None. The folder is the run's digest's,
+    so a result there was trained to this run's budget."""
     path = folder / "results.json"
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    return result if result.get("epochs") == epochs and result.get("spec_hash") == spec_hash else None
+    return result if result.get("spec_hash") == spec_hash else None
 
 
-def budget_epochs(p: Planned, folder: Path, train_img_s: float | None, train_images: int) -> int:
-    """The run's epochs: the suite's, or, for a budget in minutes, as many whole epochs as the
-    measured training throughput fits in it (at least 1, at most the epochs if given too).
-    The choice is kept in the run folder so a resumed run trains to the same schedule."""
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains: epochs (the recipe's schedule length) and, optionally, steps."""
+
+    epochs: int
+    max_steps: int | None = None
+
+
+def budget(p: Planned, folder: Path, train_img_s: float | None, train_images: int) -> Budget:
+    """The run's budget: the suite's epochs and steps or, for a budget in minutes, the optimiser
+    steps the measured training throughput fits in it (at least 1; no more than the epochs or
+    steps if given too), so the learning-rate schedule ends with the time. Training also stops
+    when the minutes are spent, inside an epoch if need be. The choice is kept in the run folder
+    so a resumed run trains to the same schedule."""
     run = p.run
-    if run.minutes is None:
-        assert run.epochs is not None
-        return run.epochs
-    kept = folder / "budget.json"
-    chosen = _kept_epochs(kept)
-    if chosen is not None:
-        return chosen
     from vitgraph.train.recipes import load_recipe
 
+    recipe = load_recipe(run.recipe, run.recipe_overrides)
+    images = min(train_images, run.subset or train_images)
+    per_epoch = max(1, images * (1 if recipe.repeats_truncate else recipe.repeats) // recipe.batch_size)
+    epochs = run.epochs or recipe.epochs
+    if run.minutes is None:
+        steps = run.max_steps
+        return Budget(epochs if steps is None else min(epochs, -(-steps // per_epoch)), steps)
+    kept = folder / "budget.json"
+    chosen = _kept_budget(kept)
+    if chosen is not None:
+        return chosen
     if not train_img_s:
         raise UserError(f"{run.id}: a budget in minutes needs the training throughput",
-                        hint="enable measure.torch_throughput or give the budget in epochs")
-    recipe = load_recipe(run.recipe, run.recipe_overrides)
-    per_epoch = train_images * (1 if recipe.repeats_truncate else recipe.repeats)
-    epochs = max(1, int(run.minutes * 60 * train_img_s // per_epoch))
-    if run.epochs:
-        epochs = min(epochs, run.epochs)
-    text = json.dumps({"epochs": epochs, "minutes": run.minutes, "train_img_s": train_img_s,
-                       "images_per_epoch": per_epoch})
+                        hint="enable measure.torch_throughput or give the budget in epochs or steps")
+    steps = max(1, int(run.minutes * 60 * train_img_s // recipe.batch_size))
+    steps = min(steps, epochs * per_epoch, run.max_steps or steps)
+    chosen = Budget(-(-steps // per_epoch), steps)
+    text = json.dumps({"epochs": chosen.epochs, "max_steps": steps, "minutes": run.minutes,
+                       "train_img_s": train_img_s, "steps_per_epoch": per_epoch})
     write_atomic(kept, lambda tmp: tmp.write_text(text))
-    return epochs
+    return chosen
 
 
-def _kept_epochs(path: Path) -> int | None:
-    """The epochs kept in budget.json, or None when there is none or it is unreadable (a file
-    torn by an older version is chosen again)."""
+def _kept_budget(path: Path) -> Budget | None:
+    """The budget kept in budget.json, or None when there is none or it is unreadable (a file
+    torn, or written by an older version in epochs only, is chosen again)."""
     try:
-        epochs = json.loads(path.read_text())["epochs"]
+        saved = json.loads(path.read_text())
+        chosen = Budget(saved["epochs"], saved["max_steps"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return epochs if isinstance(epochs, int) and epochs >= 1 else None
+    whole = all(isinstance(v, int) and v >= 1 for v in (chosen.epochs, chosen.max_steps))
+    return chosen if whole else None
 
 
 # -- sequencing -----------------------------------------------------------------------
@@ -281,7 +297,7 @@ class Options:
     download: bool = True
     shard: tuple[int, int] | None = None
     force: bool = False                # rerun finished runs
-    progress: bool = False             # per-batch progress bars while training
+    progress: bool = True              # per-batch progress bars while training
     threads: int | None = None         # torch CPU threads (default: torch's)
 
 
@@ -341,8 +357,8 @@ def run_suite(suite: Suite, store: ResultStore, opts: Options, log: Log = print)
             continue
         for p in runs:
             number = len(outcome.done) + len(outcome.failed) + 1
-            log(f"[{number}/{len(todo) - len(outcome.left_out)}] {p.run.id} "
-                f"({' '.join(f'{k}={v}' for k, v in p.run.overrides.items())})")
+            log(f"[{number}/{len(todo) - len(outcome.left_out)}] {p.run.id} seed {p.run.seed} "
+                f"({' '.join(f'{k}={v}' for k, v in p.run.overrides.items())}) -> {store.run_folder(p.run.id, p.digest)}")
             with claim(p, store, opts, log) as mine:
                 if not mine:
                     log(f"    finished meanwhile by another process: its record is in {store.path}")
@@ -367,10 +383,11 @@ def claim(p: Planned, store: ResultStore, opts: Options, log: Log) -> Iterator[b
 
 def dataset_size(name: str, opts: Options) -> int:
     """The number of training images; raises the data layer's UserError (what is missing and
-    how to get it) when the dataset cannot be found or fetched."""
+    how to get it) when the dataset cannot be found or fetched. Image folders are only listed
+    here (the runs decode what they train on)."""
     from vitgraph.data.datasets import load_dataset
 
-    return len(load_dataset(name, opts.data_root, opts.download).train)
+    return len(load_dataset(name, opts.data_root, opts.download, "stream").train)
 
 
 def execute(p: Planned, everything: list[Planned], store: ResultStore, opts: Options, train_images: int,
@@ -384,14 +401,16 @@ def execute(p: Planned, everything: list[Planned], store: ResultStore, opts: Opt
     figures: dict[str, Any] = {"counts": count_figures(p.graph)}
     try:
         if measure.torch_throughput and main:
+            log(f"    timing torch training and inference at batch {measure.batch} on {device}")
             figures["torch"] = torch_speed(p.graph, device, measure)
         decision = _decide(p, everything, store, folder, figures, train_images) if main else None
-        epochs, teacher = _agree(decision)
-        metrics = train_and_evaluate(p, folder, epochs, device, teacher, opts.data_root, opts.download,
+        chosen, teacher = _agree(decision)
+        metrics = train_and_evaluate(p, folder, chosen, device, teacher, opts.data_root, opts.download,
                                      opts.progress)
         metrics["run_dir"] = str(folder.relative_to(store.folder))
         figures["metrics"] = metrics
         if measure.onnx_cpu and main:
+            log("    timing the trained weights exported to ONNX, in onnxruntime on the CPU")
             figures["onnx_cpu"] = onnx_cpu_speed(p.graph, folder / "last.pt", measure)
     except UserError as e:
         log(f"error: {p.run.id}: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))
@@ -414,20 +433,20 @@ def _save(store: ResultStore, record: dict[str, Any], folder: Path) -> None:
                              "is not repeated") from None
 
 
-Decision = tuple[int, "Teacher | None"] | tuple[str, str | None]
+Decision = tuple[Budget, "Teacher | None"] | tuple[str, str | None]
 
 
 def _decide(p: Planned, everything: list[Planned], store: ResultStore, folder: Path, figures: Mapping[str, Any],
             train_images: int) -> Decision:
-    """Rank 0's choice of the epochs and the teacher, or the error that fails the run."""
+    """Rank 0's choice of the budget and the teacher, or the error that fails the run."""
     try:
         train_img_s = figures.get("torch", {}).get("train_img_s", {}).get("median")
-        return budget_epochs(p, folder, train_img_s, train_images), find_teacher(p, everything, store)
+        return budget(p, folder, train_img_s, train_images), find_teacher(p, everything, store)
     except UserError as e:
         return e.message, e.hint
 
 
-def _agree(decision: Decision | None) -> tuple[int, Teacher | None]:
+def _agree(decision: Decision | None) -> tuple[Budget, Teacher | None]:
     """Every process of a torchrun launch acts on rank 0's decision (the others did not measure,
     and may look at the run folders before rank 0 has written them)."""
     decision = _from_rank0(decision)
@@ -450,7 +469,7 @@ def _from_rank0(value: Any) -> Any:
 
 def _summary(record: Mapping[str, Any]) -> str:
     m, c = record["metrics"], record["counts"]
-    parts = [f"top-1 {m['top1']:.2f}%", f"top-5 {m['top5']:.2f}%", f"{m['epochs']} epochs",
+    parts = [f"top-1 {m['top1']:.2f}%", f"top-5 {m['top5']:.2f}%", f"{m['epochs']} epochs ({m.get('steps')} steps)",
              f"{c['params'] / 1e6:.2f}M params", f"{c['ops'] / 1e9:.3f}G OPs"]
     if "torch" in record:
         parts.append(f"train {record['torch']['train_img_s']['median']:.0f} / infer "

@@ -22,6 +22,7 @@ Writes onnx_cpu_<cpu>_<threads>t_b<batch>.json and .md under --out.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
@@ -247,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="measure every spec this many times (default 1)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     args = p.parse_args(argv)
+    if importlib.util.find_spec("onnxscript") is None:  # torch.onnx.export(dynamo=True) needs it
+        print("error: the ONNX benchmark needs onnxscript for torch.onnx.export\n"
+              "hint: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
     env = environment(threads)

@@ -12,12 +12,18 @@ which (the `measured on` column).
 Records are told apart by configuration (the run's digest), not by (spec, dataset): when a
 spec ran in several configurations on a dataset (a suite run again with other overrides,
 epochs, seed, recipe or spec text), each gets its own row, labelled with the settings that
-differ ("vit (epochs=2)"), and no row mixes figures of different configurations.
+differ ("vit (epochs=2)"), and no row mixes figures of different configurations. The seed is
+not such a setting: the runs of one configuration with several seeds (`vitgraph bench --seeds
+K`) share a row, whose top-1 is their mean +- sample standard deviation.
+
+In the terminal the tables print with aligned columns (text_table); the files hold markdown
+(markdown_table).
 """
 from __future__ import annotations
 
 import csv
 import io
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -27,8 +33,9 @@ from vitgraph.fileio import write_atomic
 
 from .results import RUNS_FILE, latest_ok, read_records
 
-SETTINGS = ("overrides", "recipe", "recipe_overrides", "epochs", "minutes", "seed", "teacher", "teacher_weights",
-            "teacher_overrides", "distill", "spec_hash")  # what tells configurations of a (spec, dataset) apart
+SETTINGS = ("overrides", "recipe", "recipe_overrides", "epochs", "minutes", "max_steps", "subset", "teacher",
+            "teacher_weights", "teacher_overrides", "distill", "spec_hash")  # what tells configurations of a
+# (spec, dataset) apart; the seed does not: its runs are repeats of one configuration
 
 
 def load_records(results: Path) -> list[dict[str, Any]]:
@@ -100,7 +107,8 @@ def shown_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys = {k for s in settings for k in s} - {"spec_hash"}  # overrides change the hash too
         varying.setdefault(spec, set()).update(k for k in keys if len({repr(s.get(k)) for s in settings}) > 1)
     for (spec, _), cell in cells.items():
-        if len({_label(r, sorted(varying[spec])) for r in cell}) < len(cell):  # told apart by the spec text only
+        configurations = {repr(sorted(_settings(r).items())) for r in cell}
+        if len({_label(r, sorted(varying[spec])) for r in cell}) < len(configurations):  # the spec text only
             varying[spec].add("spec_hash")
     return [{**r, "label": _label(r, sorted(varying[r["spec"]]))} for r in runs]
 
@@ -126,17 +134,40 @@ def _label(record: Mapping[str, Any], keys: list[str]) -> str:
     return f"{record['spec']} ({shown})"
 
 
+def by_seeds(runs: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    """The records of each row and dataset (label, dataset), one per seed (the latest), in order."""
+    groups: dict[tuple[str, str], dict[Any, Mapping[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["label"], r["dataset"]), {})[r.get("seed")] = r
+    return {key: list(seeds.values()) for key, seeds in groups.items()}
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def top1_text(group: list[Mapping[str, Any]] | None) -> str:
+    """One run's top-1, or mean +- std over the seeds of a repeated run."""
+    values = [v for v in (figure(r, TOP1) for r in group or ()) if v is not None]
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f} ({len(values)} seeds)"
+
+
 def paper_table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the papers' table from the latest successful record of each configuration."""
+    """Header and rows of the papers' table from the latest successful record of each configuration
+    (its seeds together)."""
     runs = shown_runs(records)
     labels, datasets = in_order(runs, "label"), in_order(runs, "dataset")
-    by = {(r["label"], r["dataset"]): r for r in runs}
+    groups = by_seeds(runs)
     figures = [c for c in FIGURES if any(c.value(r) for r in runs)]  # e.g. no BOPs column without binary
     header = ["spec", *[f"{d} top-1" for d in datasets], *[c.header for c in figures], "measured on"]
     rows = []
     for label in labels:
-        ref = next(by[(label, d)] for d in datasets if (label, d) in by)
-        top1 = [Column("", TOP1).text(by.get((label, d))) for d in datasets]
+        ref = next(groups[(label, d)][0] for d in datasets if (label, d) in groups)
+        top1 = [top1_text(groups.get((label, d))) for d in datasets]
         rows.append([label, *top1, *[c.text(ref) for c in figures], _measured_on(ref)])
     return header, rows
 
@@ -178,7 +209,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _numeric(text: str) -> bool:
-    return text == "–" or text.replace(",", "").replace(".", "", 1).isdigit()
+    first = text.split(" ± ")[0]
+    return first == "–" or first.replace(",", "").replace(".", "", 1).isdigit()
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """The table for a terminal: columns padded to their widest cell, numbers right-aligned,
+    a rule under the header."""
+    right = [i > 0 and bool(rows) and all(_numeric(row[i]) for row in rows) for i in range(len(header))]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows)])
 
 
 def _csv(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
@@ -195,7 +239,10 @@ def conditions_text(records: list[dict[str, Any]]) -> str:
     for r in latest_ok(records):
         c = r.get("conditions", {})
         versions = ", ".join(f"{k} {v}" for k, v in (c.get("versions") or {}).items() if v)
-        lines.append(f"- device {c.get('device')}; CPU {c.get('cpu')} ({c.get('cpu_count')} cores, "
+        kind = ", ".join(f"{label} {c[key]}" for key, label in (("cpu_family_model_stepping", "family/model/stepping"),
+                                                              ("torch_cpu_capability", "torch kernels")) if c.get(key))
+        lines.append(f"- device {c.get('device')}; CPU {c.get('cpu')} ({kind + ', ' if kind else ''}"
+                     f"{c.get('cpu_count')} cores, "
                      f"{c.get('torch_threads')} torch threads); GPU {c.get('gpu') or 'none'}; {versions}; "
                      f"git {c.get('git_commit')}")
     loads = [figure(r, "conditions.load_avg_1min") for r in latest_ok(records)]
@@ -211,10 +258,12 @@ def render_markdown(records: list[dict[str, Any]], title: str, plots: list[Path]
     settings = [(r["label"], r["dataset"], r.get("recipe"), figure(r, "metrics.epochs"), r.get("seed"),
                  " ".join(f"{k}={v}" for k, v in sorted((r.get("overrides") or {}).items())), r.get("spec_hash"),
                  _seconds(figure(r, "metrics.train_seconds")), _seconds(r.get("seconds"))) for r in runs]
+    seeds = " Runs repeated over seeds show mean ± sample standard deviation." \
+        if any(len(g) > 1 for g in by_seeds(runs).values()) else ""
     parts = [f"# {title}", "",
              "Top-1 accuracy (%) on each dataset's test split; params, operations (OPs = MACs + BOPs/64) and "
              "speed of the run named in `measured on` (torch img/s on the training device, ONNX Runtime "
-             "batch-1 latency and batch throughput on CPU; medians).", "",
+             f"batch-1 latency and batch throughput on CPU; medians).{seeds}", "",
              markdown_table(header, rows), "", "## Runs", "",
              markdown_table(["spec", "dataset", "recipe", "epochs", "seed", "overrides", "spec hash", "training",
                              "whole run"], [[str(x if x is not None else "–") for x in s] for s in settings]),

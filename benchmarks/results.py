@@ -46,10 +46,6 @@ def cpu_info() -> dict[str, str]:
                                          if f in flags)}
 
 
-def cpu_model() -> str:
-    return cpu_info()["cpu"]
-
-
 def gpu_model() -> str | None:
     """The first CUDA device's name, when torch sees one."""
     import torch
@@ -81,10 +77,13 @@ def library_versions() -> dict[str, str | None]:
 
 
 def conditions(device: str) -> dict[str, Any]:
-    """What the figures of a run depend on besides the run's own settings."""
+    """What the figures of a run depend on besides the run's own settings: the accuracies too
+    depend on the CPU (its family/model and the kernels torch picks for it), the thread count
+    and the library versions, so all are recorded."""
     import torch
 
-    return {"device": device, "cpu": cpu_model(), "gpu": gpu_model() if device.startswith("cuda") else None,
+    return {"device": device, **cpu_info(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": gpu_model() if device.startswith("cuda") else None,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_avg_1min": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
             "platform": platform.platform(), "versions": library_versions(), "git_commit": git_commit()}

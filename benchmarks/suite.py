@@ -12,8 +12,10 @@ general to the particular, the command line last:
     datasets = ["cifar10", "svhn"]        # names the data layer knows (vitgraph/data)
     seed = 0
     device = "cpu"                        # optional: force a device (default: cuda when present)
-    [budget]                              # epochs (whole) and/or minutes of training per run
+    [budget]                              # epochs (whole), optimiser steps and/or minutes per run
     epochs = 100
+    max_steps = 2000                      # optional: stop after this many steps (inside an epoch)
+    subset = 5000                         # optional: train on a stratified subset of this many images
     [measure]                             # what to time, and how hard (all optional)
     [dataset.svhn]
     set = { image = 32, patch = 4, classes = 10 }
@@ -22,7 +24,7 @@ general to the particular, the command line last:
     set = { image = 160 }
 
 Settings a layer (the top, [spec.S], [dataset.D], [dataset.D.spec.S]) may hold besides `set`:
-epochs, minutes, recipe, recipe_set (recipe keys, e.g. { batch_size = 256 }), distill
+epochs, minutes, max_steps, subset, recipe, recipe_set (recipe keys, e.g. { batch_size = 256 }), distill
 (none|soft|hard|kd), teacher (a spec; without teacher_weights, the weights of the suite's own
 run of that spec on the same dataset, which must have finished first), teacher_weights,
 teacher_set (the teacher's overrides).
@@ -43,10 +45,11 @@ from vitgraph.diagnostics import UserError, suggestion
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
-_SETTINGS = {"epochs", "minutes", "recipe", "recipe_set", "teacher", "teacher_weights", "teacher_set", "distill"}
+_SETTINGS = {"epochs", "minutes", "max_steps", "subset", "recipe", "recipe_set", "teacher", "teacher_weights",
+             "teacher_set", "distill"}
+_BUDGET_KEYS = {"epochs", "minutes", "max_steps", "subset"}
 _TOP_KEYS = {"description", "specs", "datasets", "seed", "device", "budget", "measure", "set", "spec",
-             "dataset"} | _SETTINGS - {"epochs", "minutes"}
-_BUDGET_KEYS = {"epochs", "minutes"}
+             "dataset"} | _SETTINGS - _BUDGET_KEYS
 _LAYER_KEYS = {"set"} | _SETTINGS  # what a [spec.S] / [dataset.D] / [dataset.D.spec.S] table may hold
 
 
@@ -87,18 +90,22 @@ class Run:
     teacher_weights: str | None = None  # default: the suite's own run of `teacher` on this dataset
     teacher_overrides: Mapping[str, Any] = field(default_factory=dict)
     distill: str | None = None          # none | soft | hard | kd (default: the recipe's)
+    max_steps: int | None = None        # optimiser steps in all (inside an epoch if need be)
+    subset: int | None = None           # training images: a stratified sample seeded by `seed`
 
     @property
     def id(self) -> str:
         return f"{self.spec}@{self.dataset}"
 
     def config(self) -> dict[str, Any]:
-        """The settings that define the run's result (not how it is measured)."""
+        """The settings that define the run's result (not how it is measured). max_steps and subset
+        appear only when set, so the digests of runs without them stay what they were."""
+        limits = {k: v for k, v in (("max_steps", self.max_steps), ("subset", self.subset)) if v is not None}
         return {"spec": self.spec, "dataset": self.dataset, "overrides": dict(sorted(self.overrides.items())),
                 "recipe": self.recipe, "recipe_overrides": dict(sorted(self.recipe_overrides.items())),
                 "epochs": self.epochs, "minutes": self.minutes, "seed": self.seed, "teacher": self.teacher,
                 "teacher_weights": self.teacher_weights,
-                "teacher_overrides": dict(sorted(self.teacher_overrides.items())), "distill": self.distill}
+                "teacher_overrides": dict(sorted(self.teacher_overrides.items())), "distill": self.distill, **limits}
 
     def digest(self, spec_hash: str) -> str:
         """Identifies a result: same config and same spec text -> same digest -> skipped on rerun."""
@@ -179,39 +186,47 @@ def parse_suite(doc: Mapping[str, Any], suite_name: str, path: Path, specs_dir: 
             layers = [doc, spec_tables.get(name, {}), dtab, dtab.get("spec", {}).get(name, {})]
             overrides = {k: v for layer in layers for k, v in layer.get("set", {}).items()}
             setting = {k: v for layer in [doc, budget, *layers[1:]] for k, v in layer.items() if k in _SETTINGS}
-            epochs = _opt_number(setting.get("epochs"), f"{where}: epochs")
             runs.append(Run(
                 suite=suite_name, spec=name, spec_path=str(_spec_file(spec, specs_dir)), dataset=dataset,
                 overrides=overrides, recipe=str(setting["recipe"]),
-                epochs=None if epochs is None else _whole(epochs, f"{where}: epochs"),
+                epochs=_opt_whole(setting.get("epochs"), f"{where}: epochs"),
                 minutes=_opt_number(setting.get("minutes"), f"{where}: minutes"),
                 seed=int(doc.get("seed", 0)), device=doc.get("device"), measure=measure,
                 recipe_overrides=_table(setting.get("recipe_set", {}), f"{where}: recipe_set"),
                 teacher=setting.get("teacher"), teacher_weights=setting.get("teacher_weights"),
                 teacher_overrides=_table(setting.get("teacher_set", {}), f"{where}: teacher_set"),
-                distill=setting.get("distill")))
+                distill=setting.get("distill"), max_steps=_opt_whole(setting.get("max_steps"), f"{where}: max_steps"),
+                subset=_opt_whole(setting.get("subset"), f"{where}: subset")))
     for r in runs:
-        if not (r.epochs or r.minutes):
-            raise UserError(f"{where}: no budget for {r.id}; give [budget] epochs or minutes", status=2)
+        if not (r.epochs or r.minutes or r.max_steps):
+            raise UserError(f"{where}: no budget for {r.id}; give [budget] epochs, max_steps or minutes", status=2)
     return Suite(suite_name, path, str(doc.get("description", "")), tuple(runs))
 
 
 def narrow(suite: Suite, specs: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
            epochs: int | None = None, minutes: float | None = None, overrides: Mapping[str, Any] | None = None,
-           recipe_overrides: Mapping[str, Any] | None = None) -> Suite:
-    """The command line's --specs, --datasets, --epochs, --minutes, --set and --recipe-set applied."""
+           recipe_overrides: Mapping[str, Any] | None = None, max_steps: int | None = None,
+           subset: int | None = None, seeds: int | None = None) -> Suite:
+    """The command line's --specs, --datasets, --epochs, --minutes, --max-steps, --set, --recipe-set,
+    --subset and --seeds applied. A budget given there (epochs, minutes, steps) replaces the suite's
+    whole budget; --seeds K repeats every run with seeds s, s+1, ..., s+K-1 (s: the suite's seed)."""
     for asked, have, what in ((specs, suite.specs, "spec"), (datasets, suite.datasets, "dataset")):
         for item in asked or ():
             if item not in have:
                 raise UserError(f"suite '{suite.name}' has no {what} '{item}'" + suggestion(item, have),
                                 hint=f"its {what}s: " + ", ".join(have), status=2)
-    if (epochs is not None and epochs < 1) or (minutes is not None and minutes <= 0):
-        raise UserError("--epochs must be at least 1 and --minutes above 0", status=2)
+    for flag, value in (("--epochs", epochs), ("--minutes", minutes), ("--max-steps", max_steps),
+                        ("--subset", subset), ("--seeds", seeds)):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} {value}: expected a number above 0", status=2)
     runs = [r for r in suite.runs if (not specs or r.spec in specs) and (not datasets or r.dataset in datasets)]
+    runs = [replace(r, seed=r.seed + k) for r in runs for k in range(seeds or 1)]
     changed = []
     for r in runs:
-        if epochs is not None or minutes is not None:  # a budget on the command line replaces the suite's
-            r = replace(r, epochs=epochs, minutes=minutes)
+        if epochs is not None or minutes is not None or max_steps is not None:  # replaces the suite's budget
+            r = replace(r, epochs=epochs, minutes=minutes, max_steps=max_steps)
+        if subset is not None:
+            r = replace(r, subset=subset)
         if overrides:
             r = replace(r, overrides={**r.overrides, **overrides})
         if recipe_overrides:
@@ -277,9 +292,14 @@ def _opt_number(value: Any, where: str) -> float | None:
     return float(value)
 
 
+def _opt_whole(value: Any, where: str) -> int | None:
+    number = _opt_number(value, where)
+    return None if number is None else _whole(number, where)
+
+
 def _whole(value: float, where: str) -> int:
     if value != int(value):
-        raise UserError(f"{where}: expected a whole number of epochs, found {value}", status=2)
+        raise UserError(f"{where}: expected a whole number, found {value}", status=2)
     return int(value)
 
 

@@ -86,7 +86,8 @@ def test_missing_dataset_is_reported_once_and_the_rest_runs(tmp_path, capsys):
     assert out.err.count("dataset 'cifar100' not found") == 1
     assert "cifar-100-python.tar.gz" in out.err and "left out: tiny@cifar100, tiny2@cifar100" in out.err
     assert "missing dataset(s): cifar100 (2 run(s) left out)" in out.err
-    assert "| tiny |" in out.out and "| tiny2 |" in out.out  # the table of what ran
+    table = out.out.split("\n\n")[-1].splitlines()  # the table of what ran, aligned for the terminal
+    assert table[0].startswith("spec   digits top-1") and [row.split()[0] for row in table[2:4]] == ["tiny", "tiny2"]
     assert [r["run"] for r in ResultStore(results).records()] == ["tiny@digits", "tiny2@digits"]
 
 
@@ -140,18 +141,27 @@ def test_minutes_budget_end_to_end(tmp_path):
     store = ResultStore(tmp_path / "res")
     record = H.run_suite(suite, store, _opts(tmp_path), lambda _: None).done[0]
     kept = json.loads((store.folder / record["metrics"]["run_dir"] / "budget.json").read_text())
-    assert 1 <= record["metrics"]["epochs"] == kept["epochs"] <= 3 and record["minutes"] == 0.02
+    assert 1 <= kept["epochs"] <= 3 and record["minutes"] == 0.02
+    assert 1 <= record["metrics"]["steps"] <= kept["max_steps"] and record["metrics"]["epochs"] <= kept["epochs"]
     assert kept["train_img_s"] == record["torch"]["train_img_s"]["median"]
 
 
-def test_minutes_budget_becomes_whole_epochs_kept_for_resume(tmp_path):
+def test_minutes_budget_becomes_steps_kept_for_resume(tmp_path):
     suite = narrow(load_suite(str(_suite_file(tmp_path))), specs=["tiny"], minutes=0.5)
     p = H.plan(suite.runs)[0]
     folder = tmp_path / "run"
-    # the digits recipe passes once over its 1437 images per epoch: 30 s x 100 img/s / 1437 -> 2 epochs
-    assert H.budget_epochs(p, folder, 100.0, 1437) == 2
-    assert H.budget_epochs(p, folder, 1e6, 1437) == 2  # the first choice is kept
-    assert H.budget_epochs(p, tmp_path / "other", 1.0, 1437) == 1  # at least one epoch
+    # batch 128, 1437 images: 11 steps per epoch; 30 s x 100 img/s = 3000 images -> 23 steps in 3 epochs
+    assert H.budget(p, folder, 100.0, 1437) == H.Budget(3, 23)
+    assert H.budget(p, folder, 1e6, 1437) == H.Budget(3, 23)  # the first choice is kept
+    assert H.budget(p, tmp_path / "other", 1.0, 1437) == H.Budget(1, 1)  # at least one step
+
+
+def test_step_budget_and_subset_set_the_epochs(tmp_path):
+    suite = narrow(load_suite(str(_suite_file(tmp_path))), specs=["tiny"], max_steps=25, subset=640)
+    p = H.plan(suite.runs)[0]
+    assert (p.run.epochs, p.run.max_steps, p.run.subset) == (None, 25, 640)
+    # 640 images at batch 128: 5 steps per epoch, so 25 steps are 5 epochs of the recipe's 30
+    assert H.budget(p, tmp_path / "run", None, 1437) == H.Budget(5, 25)
 
 
 @pytest.mark.slow
@@ -199,3 +209,25 @@ def test_failed_download_still_says_where_the_files_go(tmp_path, monkeypatch):
     assert e.value.message.startswith(f"dataset 'cifar100' not found: looked for {tmp_path / 'cifar-100-python'}")
     assert "could not download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in e.value.message
     assert "cifar.html" in e.value.hint
+
+
+def test_nproc_without_gpus_is_refused_before_anything_starts(tmp_path, capsys):
+    path = _suite_file(tmp_path)
+    path.write_text(path.read_text().replace('device = "cpu"\n', ""))  # the suite's runs want a GPU when there is one
+    assert main(["bench", "--suite", str(path), "--results", str(tmp_path / "res"), "--nproc", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --nproc 8 needs 8 GPUs, and this machine has 0") and "--device cpu" in err
+    assert not (tmp_path / "res").exists()
+    assert main(["bench", "--suite", str(path), "--results", str(tmp_path / "res"), "--nproc", "8", "--list"]) == 0
+    assert capsys.readouterr().out.count("tiny@digits") == 1  # listed once, by this process
+
+
+def test_interrupted_bench_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(H, "execute", interrupt)
+    path = _suite_file(tmp_path)
+    assert main(["bench", "--suite", str(path), "--results", str(tmp_path / "res")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: finished runs are kept in" in err and "run the same command again" in err

@@ -79,12 +79,43 @@ def test_plots_skip_what_was_not_measured(tmp_path):
     assert "accuracy_vs_cpu_latency.png" not in written and "accuracy_vs_ops.png" in written
 
 
-def test_report_command(tmp_path, capsys):
+def test_report_command_prints_an_aligned_table_and_writes_markdown(tmp_path, capsys):
     folder = _write(tmp_path / "res", _records())
     assert main(["report", str(folder), "-o", str(tmp_path / "out")]) == 0
-    out = capsys.readouterr().out
-    assert "| spec | cifar10 top-1 | svhn top-1 |" in out and "| sl_vit | 94.53 | – |" in out
+    lines = capsys.readouterr().out.splitlines()
+    header, rule, *rows = lines[:5]
+    assert header.startswith("spec       cifar10 top-1  svhn top-1") and set(rule) == {"-", " "}
+    assert rows[1].startswith("sl_vit             94.53           –")  # numbers right-aligned under their header
+    assert "|" not in "".join(lines[:5])
+    assert "| sl_vit | 94.53 | – |" in (tmp_path / "out" / "report.md").read_text()
     assert (tmp_path / "out" / "accuracy_per_dataset.png").is_file()
+
+
+def test_text_table_pads_columns():
+    text = R.text_table(["name", "top-1"], [["vit", "9.50"], ["sl_vit", "95.00 ± 0.20 (3 seeds)"]])
+    assert text.splitlines() == ["name                     top-1",
+                                 "------  ----------------------",
+                                 "vit                       9.50",
+                                 "sl_vit  95.00 ± 0.20 (3 seeds)"]
+
+
+def test_seeds_become_mean_and_std():
+    records = []
+    for seed, top1 in enumerate((90.0, 92.0, 94.0)):
+        r = make_record("vit", "digits", top1, digest=f"d{seed}")
+        r["seed"] = seed
+        records.append(r)
+    header, rows = R.paper_table(records)
+    assert rows == [[*rows[0][:1], "92.00 ± 2.00 (3 seeds)", *rows[0][2:]]] and len(rows) == 1
+    assert "mean ± sample standard deviation" in R.render_markdown(records, "t", [])
+
+
+def test_accuracy_axis_spans_the_whole_scale():
+    from vitgraph.benchmarks.plots import _OPS, scatter_figure
+
+    runs = R.shown_runs([make_record("vit", "c", 93.6), make_record("sl_vit", "c", 94.8, ops=2.1e8)])
+    fig = scatter_figure(runs, _OPS, "t")
+    assert fig.axes[0].get_ylim() == (0.0, 100.0)
 
 
 def test_report_of_nothing_is_a_user_error(tmp_path, capsys):

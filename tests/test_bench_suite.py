@@ -99,7 +99,7 @@ def test_overrides_layer_from_general_to_particular(tmp_path):
     ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\nbudgett = 1\n', "unknown key 'budgett'; did you mean 'budget'?"),
     ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\n', "no budget for vit@a"),
     ('recipe = "r"\nspecs = ["vit", "pit"]\ndatasets = ["a"]\n[spec.vit]\nepochs = 2\n', "no budget for pit@a"),
-    ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\n[budget]\nepochs = 1.5\n', "whole number of epochs"),
+    ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\n[budget]\nepochs = 1.5\n', "epochs: expected a whole number, found 1.5"),
     ('specs = ["vit"]\ndatasets = ["a"]\n[budget]\nepochs = 1\n', "missing 'recipe'"),
     ('recipe = "r"\nspecs = ["vitt"]\ndatasets = ["a"]\n[budget]\nepochs = 1\n', "did you mean 'vit'?"),
     ('recipe = "r"\nspecs = ["vit"]\ndatasets = ["a"]\n[budget]\nepochs = -1\n', "expected a positive number"),
@@ -131,8 +131,22 @@ def test_narrowing(tmp_path):
     assert only.overrides == {"image": 48, "patch": 2, "classes": "7"}
     with pytest.raises(UserError, match="has no spec 'pitt'; did you mean 'pit'"):
         S.narrow(suite, specs=["pitt"])
-    with pytest.raises(UserError, match="--epochs must be at least 1"):
+    with pytest.raises(UserError, match="--epochs 0: expected a number above 0"):
         S.narrow(suite, epochs=0)
+
+
+def test_seeds_repeat_every_run_and_limits_enter_the_digest(tmp_path):
+    suite = _suite(tmp_path, LAYERED)
+    three = S.narrow(suite, specs=["pit"], datasets=["b"], seeds=3, max_steps=40, subset=500)
+    assert [(r.id, r.seed, r.max_steps, r.subset, r.epochs) for r in three.runs] == [
+        ("pit@b", s, 40, 500, None) for s in (0, 1, 2)]
+    digests = {r.digest("h") for r in three.runs}
+    assert len(digests) == 3
+    plain = S.narrow(suite, specs=["pit"], datasets=["b"]).runs[0]
+    assert "max_steps" not in plain.config() and "subset" not in plain.config()  # old digests stay valid
+    assert three.runs[0].config()["max_steps"] == 40 and three.runs[0].config()["subset"] == 500
+    with pytest.raises(UserError, match="--seeds 0: expected a number above 0"):
+        S.narrow(suite, seeds=0)
 
 
 def test_digest_tracks_what_defines_a_result(tmp_path):

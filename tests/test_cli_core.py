@@ -81,8 +81,9 @@ def test_missing_dataset_offline_says_where_and_how(tmp_path: Path, monkeypatch:
         raise OSError("network unreachable")
 
     monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
-    status = main(["eval", "specs/vit.vg", "--weights", "none.pt", "--dataset", "cifar10",
-                   "--data-root", str(tmp_path)])
+    assert main(["build", "specs/vit.vg", "-o", str(tmp_path / "vit.pt")]) == 0
+    capsys.readouterr()
+    status = main(["eval", "--weights", str(tmp_path / "vit.pt"), "--dataset", "cifar10", "--data-root", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 1 and "Traceback" not in err
     assert f"looked for {tmp_path}/cifar-10-batches-py" in err and "hint: download cifar-10-python.tar.gz" in err
@@ -97,3 +98,45 @@ def test_build_onnx_fused_or_standard_ops(flags: list[str], domains: set[str], t
     assert main(["build", "specs/vit.vg", "--backend", "onnx", "-o", str(out), "--set", "patch=8", *flags]) == 0
     assert {n.domain for n in onnx.load(out).graph.node} == domains
     assert "wrote" in capsys.readouterr().out
+
+
+def test_drawing_groups_stages_and_collapses_repeated_blocks() -> None:
+    from vitgraph.draw import Run, columns
+
+    def runs(graph, expand=False):
+        return {c.title: [(i.first, i.count) for i in c.items if isinstance(i, Run)] for c in columns(graph, expand)}
+
+    pyramid = vitgraph.compile("specs/binaryvit.vg")
+    assert [c.title for c in columns(pyramid)] == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    assert runs(pyramid)["stages.2"] == [("stages.2.blocks.0", 8)]
+    assert len(runs(pyramid, expand=True)["stages.2"]) == 8
+    assert runs(vitgraph.compile("specs/vit.vg")) == {"stem": [], "blocks": [("blocks.0", 9)], "head": []}
+
+
+def test_pyramid_drawing_fits_a_screen(tmp_path: Path) -> None:
+    from PIL import Image
+
+    small, full = tmp_path / "bv.png", tmp_path / "bv_all.png"
+    assert main(["show", "specs/binaryvit.vg", "--format", "png", "-o", str(small)]) == 0
+    assert main(["show", "specs/binaryvit.vg", "--format", "png", "-o", str(full), "--expand"]) == 0
+    width, height = Image.open(small).size
+    assert width <= 1920 and height <= 1080
+    assert Image.open(full).size[1] > 2 * height  # every block drawn: several times taller
+
+
+def test_set_stops_at_the_first_word_without_equals(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["ops", "--set", "image=64", "patch=8", "classes=200", "specs/vit.vg", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["macs"] == pytest.approx(189.5e6, rel=1e-3)
+    assert main(["ops", "--set", "specs/vit.vg"]) == 2  # a flag with nothing to take says so
+    assert "expected key=value after the flag, found nothing" in capsys.readouterr().err
+
+
+def test_bare_command_prints_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: vitgraph") and "`vitgraph bench`" in out and "bench" in out
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"vitgraph {vitgraph.__version__}\n"

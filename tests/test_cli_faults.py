@@ -49,11 +49,12 @@ def test_debug_shows_the_traceback(monkeypatch, capsys):
     assert err.strip().splitlines()[-1].startswith("internal error in `vitgraph check`")
 
 
-def test_debug_alone_still_runs_the_default_command(monkeypatch):
-    ran = []
-    monkeypatch.setattr(vitgraph.commands.bench, "run", lambda args: ran.append((args.suite, args.debug)) or 0)
+def test_bare_command_and_debug_alone_print_help_and_run_nothing(monkeypatch, capsys):
+    ran = []  # issue 12: a bare `vitgraph` printed help nowhere and started a multi-minute run
+    monkeypatch.setattr(vitgraph.commands.bench, "run", lambda args: ran.append(args.suite) or 0)
     assert main([]) == 0 and main(["--debug"]) == 0
-    assert ran == [("smoke", False), ("smoke", True)]
+    out = capsys.readouterr().out
+    assert ran == [] and out.count("usage: vitgraph") == 2 and "`vitgraph bench`" in out
 
 
 # --- output places, checked before any work ------------------------------------------------------

@@ -102,12 +102,13 @@ def test_one_image_class_stays_in_train_and_trains(tmp_path):
     assert 0 <= result["top1"] <= 100
 
 
-def test_split_without_one_image_classes_is_scikit_learns_and_too_few_images_are_a_clear_error():
-    from sklearn.model_selection import train_test_split
-
+def test_split_is_by_class_and_seeded_and_too_few_images_are_a_clear_error():
     labels = load_dataset("digits").train.labels
     train, test = stratified_split(labels, 0.2, 0)
-    want = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
-    assert train.tolist() == sorted(want[0]) and test.tolist() == sorted(want[1])
+    assert sorted([*train, *test]) == list(range(len(labels))) and len(test) == 288  # ceil(20% of 1,437)
+    share = np.bincount(labels[test]) / np.bincount(labels)
+    assert np.all(np.abs(share - 0.2) < 0.01)  # every class in the same proportion
+    again, other = stratified_split(labels, 0.2, 0), stratified_split(labels, 0.2, 1)
+    assert np.array_equal(again[1], test) and not np.array_equal(other[1], test)
     with pytest.raises(UserError, match=r"cannot split 6 images of 3 classes 80%/20% by class"):
         stratified_split(np.repeat(np.arange(3), 2), 0.2, 0)

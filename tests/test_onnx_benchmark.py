@@ -19,3 +19,12 @@ def test_benchmark_writes_results_named_by_conditions(tmp_path: Path) -> None:
     assert all(d < 1e-4 for d in result["max_relative_diff_vs_torch"].values())
     assert result["systems"][onnx_cpu.OURS]["batch1_latency_ms"]["n"] == 2
     assert "## Goals" in path.with_suffix(".md").read_text()
+
+
+def test_missing_onnxscript_names_the_bench_extra(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    assert onnx_cpu.main(["--specs", "vit", "--out", str(tmp_path)]) == 2
+    assert "pip install -e '.[bench]'" in capsys.readouterr().err and not any(tmp_path.iterdir())

@@ -133,3 +133,13 @@ def test_predict_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     for argv, expected in cases:
         code, out, err = _run(capsys, "predict", *argv)
         assert code == 1 and expected in err and err.startswith("error:"), (argv, err)
+
+
+@needs_cifar
+def test_predict_warns_about_untrained_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.onnx"
+    assert _run(capsys, "build", VIT, "--backend", "onnx", "-o", str(model), "--set", "patch=8")[0] == 0
+    assert json.loads({p.key: p.value for p in onnx.load(model).metadata_props}["trained"]) is False
+    code, out, err = _run(capsys, "predict", str(model), str(CIFAR / "cat" / "0000.jpg"))
+    assert code == 0 and out.startswith(str(CIFAR / "cat" / "0000.jpg"))
+    assert err.startswith(f"warning: {model} holds untrained weights")

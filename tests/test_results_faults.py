@@ -183,8 +183,9 @@ def test_suite_rerun_with_other_overrides_reports_both(tmp_path, capsys):
     assert main([*common, "--specs", "tiny", "--set", "image=16"]) == 0
     capsys.readouterr()
     assert main(["report", str(results), "--no-plots"]) == 0
-    out = capsys.readouterr().out
-    assert "| tiny (image=8) |" in out and "| tiny (image=16) |" in out and "| tiny2 |" in out
+    rows = [line.split("  ")[0].strip() for line in capsys.readouterr().out.splitlines()[2:5]]
+    assert sorted(rows) == ["tiny (image=16)", "tiny (image=8)", "tiny2"]  # the terminal's aligned table
+    assert "| tiny (image=8) |" in (results / "report.md").read_text()
 
 
 # --- what a killed write leaves behind -----------------------------------------------------------
@@ -207,11 +208,11 @@ def test_kill_while_budget_json_is_written_keeps_resume_working(tmp_path):
     folder.mkdir()
     _killed_while_writing(folder / "budget.json")
     assert not (folder / "budget.json").exists() and len(list(folder.glob(".budget.json.tmp*"))) == 1
-    assert H.budget_epochs(p, folder, 100.0, 1437) == 2  # chosen afresh, written whole
-    assert json.loads((folder / "budget.json").read_text())["epochs"] == 2
+    assert H.budget(p, folder, 100.0, 1437) == H.Budget(3, 23)  # chosen afresh, written whole
+    assert json.loads((folder / "budget.json").read_text())["max_steps"] == 23
     assert list(folder.glob(".budget.json.tmp*")) == []  # the killed write's file, removed by the next
     (folder / "budget.json").write_text('{"epo')  # torn by an older, non-atomic version
-    assert H.budget_epochs(p, folder, 100.0, 1437) == 2
+    assert H.budget(p, folder, 100.0, 1437) == H.Budget(3, 23)
 
 
 def test_stale_temporary_files_are_those_of_dead_processes(tmp_path):

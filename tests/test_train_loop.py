@@ -179,10 +179,14 @@ def test_finetune_new_resolution_and_classes(specs, tmp_path):
 
 def test_train_from_weights(specs, tmp_path):
     _teacher_checkpoint(specs[0], tmp_path / "src.pt", image=8, patch=4, classes=100)
-    result = train(specs[0], tmp_path / "run", weights=str(tmp_path / "src.pt"))
+    result = train(specs[0], tmp_path / "run", weights=str(tmp_path / "src.pt"), spec_overrides={"image": "16"})
     notes = json.loads((tmp_path / "run" / "config.json").read_text())["notes"]
     assert any("resampled pos_embed" in n for n in notes) and any("replaced head.bias" in n for n in notes)
     assert result["top1"] > 0
+    # without --set, the checkpoint's 8 pixels win over the digits recipe's 16: nothing is resampled
+    train(specs[0], tmp_path / "same", weights=str(tmp_path / "src.pt"))
+    config = json.loads((tmp_path / "same" / "config.json").read_text())
+    assert config["spec"]["params"]["image"] == 8 and not any("resampled" in n for n in config["notes"])
 
 
 def test_cli_train_and_eval(specs, tmp_path, capsys):
@@ -250,3 +254,80 @@ def test_resume_after_kill(specs, tmp_path):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, done + 3))
     assert read_checkpoint(out / "last.pt")["epoch"] == done + 2
+
+
+def test_max_steps_stops_inside_an_epoch_and_ends_the_schedule(specs, tmp_path, capsys):
+    result = train(specs[0], tmp_path / "run", epochs=5, max_steps=14)  # 11 steps per epoch at batch 128
+    assert (result["epochs"], result["steps"], result["stopped_by"]) == (2, 14, "max_steps")
+    ck = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ck["steps"] == 14 and ck["scheduler"]["last_epoch"] == 14
+    recipe = load_recipe("digits", FAST)
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(recipe.min_lr)  # the cosine ended at step 14
+    assert "stopped inside epoch 2, after 14 steps in all: --max-steps 14" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [(r["steps"], r["cut"]) for r in rows] == [("11", "0.0"), ("14", "1.0")]
+
+
+def test_minutes_is_a_wall_clock_stop_inside_the_first_epoch(specs, tmp_path):
+    result = train(specs[0], tmp_path / "run", epochs=3, minutes=1e-6)  # spent after the first step
+    assert (result["epochs"], result["steps"], result["stopped_by"]) == (1, 1, "minutes")
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_subset_is_stratified_seeded_and_checked_on_resume(specs, tmp_path):
+    from vitgraph.data.datasets import load_subset
+
+    a, b = load_subset("digits", 200, 7), load_subset("digits", 200, 7)
+    assert np.array_equal(a.train.images, b.train.images) and len(a.test) == 360  # the test split stays whole
+    assert np.bincount(a.train.labels).tolist() == [20] * 10
+    assert not np.array_equal(a.train.images, load_subset("digits", 200, 8).train.images)
+    result = train(specs[0], tmp_path / "run", subset=256)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["dataset"]["train"] == 256 and config["steps_per_epoch"] == 2 and result["subset"] == 256
+    with pytest.raises(UserError, match="subset: 256 -> 512"):
+        train(specs[0], tmp_path / "run", epochs=2, subset=512, resume=True)
+    with pytest.raises(UserError, match="has only 1,437 training images"):
+        train(specs[0], tmp_path / "big", subset=5000)
+
+
+def test_checkpoint_describes_itself(specs, tmp_path):
+    train(specs[0], tmp_path / "run", max_steps=3, spec_overrides={"image": "12"})
+    ck = read_checkpoint(tmp_path / "run" / "best.pt")
+    assert ck["dataset"]["class_names"] == [str(d) for d in range(10)] and ck["dataset"]["argument"] == "digits"
+    assert len(ck["dataset"]["mean"]) == 1 and ck["overrides"] == {"image": "12"}
+    assert ck["recipe"]["name"] == "digits" and ck["spec"]["params"]["image"] == 12
+    assert ck["summary"]["trained"] and ck["summary"]["steps"] == 3 and ck["summary"]["dataset"] == "digits"
+
+
+def test_the_run_folder_is_named_before_the_data_loads(specs, tmp_path, capsys):
+    train(specs[0], tmp_path / "run", max_steps=1)
+    assert capsys.readouterr().out.startswith(f"run folder: {tmp_path / 'run'}\n")
+
+
+def test_checkpoint_needs_nothing_restated(specs, tmp_path, capsys):
+    """A 12-pixel run: eval, build (torch, safetensors, onnx) and train --weights from its
+    checkpoint alone, with neither SPEC nor --set."""
+    run = tmp_path / "run"
+    assert main(["train", str(specs[0]), "--set", "image=12", "--max-steps", "3", "--out", str(run), "--quiet",
+                 "--recipe-set", "batch_size=128"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(run / "best.pt")]) == 0
+    evaluated = capsys.readouterr().out
+    assert evaluated.startswith("digits: top-1 ")
+    st = tmp_path / "m.safetensors"
+    assert main(["build", "--weights", str(run / "best.pt"), "-o", str(st)]) == 0
+    assert "input    3x12x12 -> 10 classes" in capsys.readouterr().out
+    assert main(["eval", "--weights", str(st)]) == 0 and capsys.readouterr().out == evaluated
+    assert main(["build", "--weights", str(st), "--backend", "onnx", "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "trained on digits for 1 epoch (3 steps" in capsys.readouterr().out
+    assert main(["train", "--weights", str(st), "--max-steps", "2", "--out", str(tmp_path / "more"), "--quiet"]) == 0
+    assert read_checkpoint(tmp_path / "more" / "last.pt")["spec"]["params"]["image"] == 12
+
+
+def test_missing_inputs_are_reported_before_any_work(specs, tmp_path, capsys):
+    status = main(["train", str(specs[0]), "--weights", str(tmp_path / "w.pt"), "--teacher", str(specs[1]),
+                   "--teacher-weights", str(tmp_path / "t.pt"), "--dataset", "cifar10",
+                   "--data-root", str(tmp_path / "nowhere"), "--no-download"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith(f"error: not found: --weights {tmp_path / 'w.pt'}, --teacher-weights ")
+    assert "cifar10" not in err  # nothing was loaded

@@ -28,6 +28,9 @@ COMMANDS: dict[str, str] = {
 }
 
 
+KEY_VALUE_FLAGS = ("--set", "--recipe-set", "--teacher-set")  # each takes one or more KEY=VALUE
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and exit 2, as for every bad input
         self.print_usage(sys.stderr)
@@ -35,10 +38,39 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def split_key_values(argv: Sequence[str]) -> list[str]:
+    """`--set image=64 patch=8 specs/vit.vg` -> `--set=image=64 --set=patch=8 specs/vit.vg`: a
+    KEY=VALUE flag takes the words after it only while they hold '=', so it cannot swallow a
+    positional argument that follows it (the flags are declared with action="extend"). A first
+    word without '=' that is not a path (`--set image`) is kept as a bad pair, for its message."""
+    out: list[str] = []
+    flag, taken = None, 0  # the KEY=VALUE flag being read, and how many words it took
+    for word in argv:
+        pair = not word.startswith("-") and ("=" in word or (not taken and not _looks_like_path(word)))
+        if flag and pair:
+            out.append(f"{flag}={word}")
+            taken += 1
+            continue
+        if flag and not taken:
+            out.append(f"{flag}=")  # nothing to take: parse_overrides reports the empty pair
+        flag, taken = (word, 0) if word in KEY_VALUE_FLAGS else (None, 0)
+        if flag is None:
+            out.append(word)
+    if flag and not taken:
+        out.append(f"{flag}=")
+    return out
+
+
+def _looks_like_path(word: str) -> bool:
+    return "/" in word or word.endswith((".vg", ".pt", ".pth", ".safetensors", ".onnx")) or os.path.exists(word)
+
+
 def parse_overrides(items: Sequence[str] | None) -> dict[str, str]:
     """`--set image=64 patch=8` -> {"image": "64", "patch": "8"}; values are typed by the spec."""
     out: dict[str, str] = {}
     for item in items or ():
+        if not item:
+            raise SpecError("expected key=value after the flag, found nothing", where="--set")
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SpecError(f"expected key=value, found '{item}'", where=f"--set {item}")
@@ -46,8 +78,28 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+def require_files(**given: str | Sequence[str] | None) -> None:
+    """Check every input file a command names before any work starts (a missing checkpoint is
+    reported now, not after a dataset has loaded): one message listing all that are missing.
+    Keywords are the flags without dashes (`teacher_weights=...`); `spec`/`specs`/`images` the
+    positional arguments."""
+    missing = []
+    for name, value in given.items():
+        label = name.rstrip("s") if name in ("spec", "specs", "images", "model") else "--" + name.replace("_", "-")
+        for path in [value] if isinstance(value, str) else value or ():
+            if not os.path.isfile(path):
+                missing.append(f"{label} {path}" + (" (a folder)" if os.path.isdir(path) else ""))
+    if missing:
+        raise UserError("not found: " + ", ".join(missing), hint="check the paths; nothing was started")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vitgraph", description="Vision-transformer spec compiler and benchmark harness.")
+    from . import __version__
+
+    parser = _Parser(prog="vitgraph", description="Vision-transformer spec compiler and benchmark harness.",
+                     epilog="The main job: `vitgraph bench` runs the smoke suite (ViT vs SL-ViT on the shipped "
+                            "digits, CPU, a few minutes). `vitgraph COMMAND --help` tells more.")
+    parser.add_argument("--version", action="version", version=f"vitgraph {__version__}")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_text in COMMANDS.items():
@@ -69,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:  # the main job: the embedded smoke suite
-        args = parser.parse_args([*argv, "bench"])
+    args = parser.parse_args(split_key_values(argv))
+    if args.command is None:  # a bare `vitgraph` (or `vitgraph --debug`): what there is to run
+        parser.print_help()
+        return 0
     if getattr(args, "_missing", None):
         print(f"error: the '{args._missing}' command is not available in this build", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from ..cli import parse_overrides
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("specs", nargs="+", metavar="SPEC", help=".vg files")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
     p.add_argument("--model", help="which model of the file (default: the file's own)")
 
 

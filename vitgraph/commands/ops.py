@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--by", choices=["block", "stage"], default="block", help="rows per block or per stage")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
     p.add_argument("--model", help="which model of the file (default: the file's own)")
 
 

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmarks.report import load_records, markdown_table, paper_table, write_report
+    from ..benchmarks.report import load_records, paper_table, text_table, write_report
 
     results = Path(args.results)
     records = load_records(results)
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(folder)
     suites = ", ".join(dict.fromkeys(str(r.get("suite")) for r in records))
     written = write_report(records, folder, args.title or f"Benchmark results: {suites}", plots=not args.no_plots)
-    print(markdown_table(*paper_table(records)))
+    print(text_table(*paper_table(records)))
     print()
     for path in written.values():
         print(f"wrote {path}")

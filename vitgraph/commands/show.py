@@ -1,5 +1,6 @@
-"""`vitgraph show SPEC [--format text|dot|svg|png] [-o FILE]`: the printed IR, or a drawing
-of the graph coloured by precision and annotated with shapes and counts."""
+"""`vitgraph show SPEC [--format text|dot|svg|png] [-o FILE] [--expand]`: the printed IR, or a
+drawing of the graph coloured by precision and annotated with shapes and counts, in columns
+by stage with each run of identical blocks drawn once (`--expand` draws every block)."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["text", "dot", "svg", "png"], default="text")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write (default: stdout for text/dot, "
                                                           "<model>.<format> for images)")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override spec parameters")
     p.add_argument("--model", help="which model of the file (default: the file's own)")
+    p.add_argument("--expand", action="store_true", help="svg/png: draw every block, not each run of identical "
+                                                         "blocks once")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{graph.name}.{args.format}")
     if out.suffix.lstrip(".") != args.format:
         raise UserError(f"output '{out}' does not end in .{args.format}", status=2)
-    render_image(graph, out)
+    render_image(graph, out, expand=args.expand)
     print(f"wrote {out}")
     return 0
 

@@ -5,8 +5,8 @@ it is held (in memory as uint8 arrays, or as a file list streamed through DataLo
     ds.train.images, ds.train.labels, ds.classes     # "imagenet", "digits", or a folder path
 
 Names and layouts (under the data root):
-  digits         embedded in scikit-learn, no download: 1,797 8x8 grey images, split 80/20
-                 stratified with seed 0 into 1,437 train and 360 test images (always the same).
+  digits         shipped with vitgraph, no download: 1,797 8x8 grey images (UCI optdigits), split
+                 80/20 by class into 1,437 train and 360 test images (always the same).
   cifar10        cifar-10-batches-py/ (official python batches; downloaded if missing) or an
                  image-folder tree cifar10/{train,test}/<class>/*.
   cifar100       cifar-100-python/ (downloaded if missing) or cifar100/{train,test}/<class>/*.
@@ -27,6 +27,7 @@ never at the size of whichever file happens to come first.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,7 @@ import numpy as np
 from ..diagnostics import UserError, suggestion
 from ..fileio import write_atomic
 from .formats import (Arrays, Files, common_size, decode_all, read_cifar, read_digits, read_svhn,
-                      read_tiny_imagenet, scan_folder, stratified_split)
+                      read_tiny_imagenet, scan_folder, stratified_sample, stratified_split)
 from .sources import Remote, cache_dir, data_root, extract, fetch
 
 MEMORY_LIMIT = 8 << 30
@@ -243,11 +244,9 @@ def _same_classes(train_dir: Path, train: list[str], test_dir: Path, test: list[
 
 
 def _digits() -> Dataset:
-    every, classes = read_digits()
-    tr, te = stratified_split(every.labels, TEST_FRACTION, SPLIT_SEED)
-    train = Arrays(every.images[tr], every.labels[tr])
+    train, test, classes = read_digits()
     mean, std = channel_stats(train.images)
-    return Dataset("digits", classes, train, Arrays(every.images[te], every.labels[te]), mean, std, "scikit-learn")
+    return Dataset("digits", classes, train, test, mean, std, "vitgraph/data/digits.npz (UCI optdigits)")
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -271,6 +270,32 @@ def _hold(ds: Dataset, mode: str, memory_limit: int) -> Dataset:
     return ds
 
 
+def load_subset(name: str, n: int, seed: int, root: str | Path | None = None, download: bool = True,
+                mode: str = "auto", memory_limit: int = MEMORY_LIMIT) -> Dataset:
+    """load_dataset with the training split cut to `n` images drawn by class in proportion
+    (stratified_sample, seeded), before any image file is decoded; the test split stays whole."""
+    ds = load_dataset(name, root, download, "stream")  # file lists stay undecoded until _hold
+    ds.train = take(ds.train, n, seed, f"--subset {n}: {ds.name}")
+    return _hold(ds, mode, memory_limit)
+
+
+def take(split: Arrays | Files, n: int, seed: int, where: str) -> Arrays | Files:
+    """A stratified, seeded sample of `n` items of a split, in their original order."""
+    if n > len(split):
+        raise UserError(f"{where} has only {len(split):,} training images", status=2)
+    idx = stratified_sample(split.labels, n, seed)
+    if isinstance(split, Arrays):
+        return Arrays(split.images[idx], split.labels[idx])
+    return Files([split.paths[i] for i in idx], split.labels[idx])
+
+
+def _say_decoding(files: Files, name: str, split: str, size: tuple[int, int], path: Path) -> None:
+    """One line before the (first, slow) decoding of a split: how much, and where it is kept."""
+    mib = 3 * size[0] * size[1] * len(files) / 2**20
+    print(f"decoding {len(files):,} images of {name} ({split}, {mib:,.0f} MiB) once into {path} "
+          "(VITGRAPH_CACHE sets the folder)", file=sys.stderr, flush=True)
+
+
 def cached_decode(files: Files, name: str, split: str, size: tuple[int, int]) -> Arrays:
     """Decode `files` at `size` once; later calls load the .npz cache keyed by the size and the
     files' paths, sizes and mtimes."""
@@ -286,6 +311,7 @@ def cached_decode(files: Files, name: str, split: str, size: tuple[int, int]) ->
                 return Arrays(z["images"], z["labels"])
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged cache is rebuilt
+    _say_decoding(files, name, split, size, path)
     arrays = decode_all(files, size)
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name

@@ -16,9 +16,10 @@ from ..ir import Graph
 HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 
 
-def load_pretrained(model: nn.Module, graph: Graph, source: str | os.PathLike[str] | Mapping[str, Any]) -> list[str]:
+def load_pretrained(model: nn.Module, graph: Graph, source: str | os.PathLike[str] | Mapping[str, Any],
+                    where: str | None = None) -> list[str]:
     """Load `source` into `model`; returns notes on what was adapted (resampled, replaced)."""
-    where = str(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
+    where = where or (str(source) if isinstance(source, (str, os.PathLike)) else "checkpoint")
     obj = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     state = extract_state_dict(obj, where)
     own = model.state_dict()
@@ -27,4 +28,4 @@ def load_pretrained(model: nn.Module, graph: Graph, source: str | os.PathLike[st
         if key in own and key in state and state[key].shape != own[key].shape:
             notes.append(f"replaced {key}: {tuple(state[key].shape)} -> {tuple(own[key].shape)} (new classes)")
             state[key] = own[key]
-    return notes + load_weights(model, graph, state)
+    return notes + load_weights(model, graph, state, where)

@@ -9,19 +9,25 @@ run(spec, dataset="digits", recipe=None, *, epochs=None, batch_size=None, overri
     spec_overrides=None, out=None, resume=False, seed=0, device=None, data_root=None,
     weights=None, teacher=None, teacher_weights=None, teacher_overrides=None, distill=None,
     bf16=False, compile=False, workers=4, data_mode="auto", download=True, progress=True,
-    threads=None) -> dict
+    threads=None, max_steps=None, minutes=None, subset=None) -> dict
   recipe: a name (default: the dataset's, see DEFAULT_RECIPES) or a .toml path; overrides:
   recipe keys {"lr": "3e-4", "spec.drop_path": "0.2"}; spec_overrides: spec parameters
   {"image": "16"} (they win over the recipe's [spec] table; `classes` defaults to the
   dataset's class count). Returns {"top1", "top5", "best_top1", "best_epoch", "ema_top1",
   "ema_top5" (with EMA), "train_img_per_s", "train_time_s", "epochs", "params", "run_dir",
   "spec_hash", ...}, also written to <run_dir>/results.json.
+  max_steps: stop after this many optimiser steps in all, inside an epoch if need be (the
+  learning-rate schedule ends there); minutes: stop at the first step after this much wall-clock
+  training time in this call (the figures then depend on the machine's speed); subset: train on
+  a stratified, seeded (by `seed`) subset of this many training images (the test split stays whole).
 
 The run folder holds config.json (everything resolved), metrics.csv (one row per epoch),
 last.pt and best.pt (written atomically: a temporary file, then os.replace). A checkpoint
-holds the model, optimizer, scheduler, EMA, epoch, best accuracy, metric history, recipe and
-spec text and hash. `resume=True` continues from last.pt, so a crash, Ctrl-C or kill loses at
-most the epoch in progress. The random streams (augmentation generator, numpy generator for
+describes itself: the model, optimizer, scheduler, EMA, epoch, steps, best accuracy, metric
+history, recipe, seed, spec text, parameters, overrides and hash, the dataset's name, class
+names and normalisation, and a training summary, so `vitgraph build/eval/predict --weights
+CKPT` need nothing restated. `resume=True` continues from last.pt, so a crash, Ctrl-C or kill
+loses at most the epoch in progress (an epoch cut short by max_steps or minutes counts as done). The random streams (augmentation generator, numpy generator for
 per-batch Mixup/CutMix draws, torch's global generator for stochastic depth) are re-seeded
 from (seed, rank, epoch) at the start of every epoch and the data order depends only on
 (seed, epoch), so a resumed run continues exactly as an uninterrupted one and a fixed seed
@@ -48,7 +54,8 @@ from torch import nn
 import vitgraph
 
 from ..backends.torch_backend import checkpoint_dict, load_weights, read_checkpoint, save_atomic
-from ..data.datasets import Dataset, load_dataset
+from ..checkpoints import checkpoint_graph, spec_info
+from ..data.datasets import Dataset, load_dataset, load_subset
 from ..data.formats import Arrays
 from ..data.pipeline import Augmenter, MemoryLoader, StreamLoader
 from ..diagnostics import UserError
@@ -69,13 +76,34 @@ def default_recipe(dataset: str) -> str:
     return DEFAULT_RECIPES.get(dataset, "small-datasets")
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Where a run may stop before the recipe's last epoch, and on how much of the data it trains."""
+
+    max_steps: int | None = None   # optimiser steps in all; the learning-rate schedule ends there
+    minutes: float | None = None   # wall-clock training minutes in this call, checked after every step
+    subset: int | None = None      # a stratified, seeded subset of this many training images
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "minutes", "subset"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"--{name.replace('_', '-')} {value}: expected a number above 0", status=2)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 # --- building the pieces -----------------------------------------------------------------------
 
 def compile_for(spec: str, classes: int, recipe: Recipe | None,
-                spec_overrides: Mapping[str, Any] | None) -> tuple[Graph, list[str]]:
+                spec_overrides: Mapping[str, Any] | None,
+                defaults: Mapping[str, Any] | None = None) -> tuple[Graph, list[str]]:
     """Compile `spec` for a dataset with `classes` classes: `classes` (when the spec declares it
     and the user did not set it), then the recipe's [spec] values the spec declares, then the
-    user's overrides. Returns the graph and notes on recipe values the spec does not declare."""
+    `defaults` it declares (the parameters a starting checkpoint was trained with: the model
+    being continued wins over the recipe's values for fresh models), then the user's overrides.
+    Returns the graph and notes on recipe values the spec does not declare."""
     declared = vitgraph.compile(spec).spec.params
     user = dict(spec_overrides or {})
     params: dict[str, Any] = {}
@@ -87,6 +115,7 @@ def compile_for(spec: str, classes: int, recipe: Recipe | None,
             params[key] = value
         else:
             notes.append(f"recipe sets {key} = {value}, which {spec} does not declare: ignored")
+    params.update({k: v for k, v in (defaults or {}).items() if k in declared and k != "classes"})
     params.update(user)
     graph = vitgraph.compile(spec, **params)
     if graph.classes != classes:
@@ -137,13 +166,20 @@ def make_loaders(ds: Dataset, recipe: Recipe, graph: Graph, ctx: Context, seed: 
     return train, test
 
 
-def _load_data(dataset: str, data_root: str | None, download: bool, mode: str, ctx: Context) -> Dataset:
-    """Rank 0 loads first (downloading or building caches), then the others."""
+def _load_data(dataset: str, data_root: str | None, download: bool, mode: str, ctx: Context,
+               subset: int | None = None, seed: int = 0) -> Dataset:
+    """Rank 0 loads first (downloading or building caches), then the others. With `subset`, the
+    training split is cut to a stratified sample before any image file is decoded."""
+    def load(fetch: bool) -> Dataset:
+        if subset:
+            return load_subset(dataset, subset, seed, data_root, fetch, mode)
+        return load_dataset(dataset, data_root, fetch, mode)
+
     if ctx.main:
-        ds = load_dataset(dataset, data_root, download, mode)
+        ds = load(download)
     ctx.barrier()
     if not ctx.main:
-        ds = load_dataset(dataset, data_root, False, mode)
+        ds = load(False)
     return ds
 
 
@@ -199,11 +235,15 @@ def train_step(s: Step, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def train_epoch(s: Step, loader: MemoryLoader, ctx: Context, gen: torch.Generator, rng: np.random.Generator,
-                epoch: int, epochs: int, progress: bool) -> dict[str, float]:
+                epoch: int, epochs: int, progress: bool, limit: int | None = None,
+                deadline: float | None = None) -> dict[str, float]:
+    """One epoch, or its first `limit` steps, or the steps before `deadline` (time.perf_counter()):
+    the figures of the steps done, with "steps" (how many) and "cut" (1.0 when stopped early)."""
     from tqdm import tqdm
 
     s.model.train()
-    total = len(loader)
+    total = len(loader) if limit is None else min(len(loader), limit)
+    done, cut = 0, False
     bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, dynamic_ncols=True,
                disable=not (progress and ctx.main))
     sums = torch.zeros(2, device=ctx.device, dtype=torch.float64)  # loss * n, correct (summed on the device)
@@ -217,21 +257,41 @@ def train_epoch(s: Step, loader: MemoryLoader, ctx: Context, gen: torch.Generato
         sums[0] += loss.double() * len(x)
         sums[1] += correct
         seen += len(x)
-        if (i + 1) % LOG_EVERY == 0 or i + 1 == total:
+        done = i + 1
+        if done % LOG_EVERY == 0 or done == total:
             _check_finite(bad, epoch, i)
             loss_sum, hits = sums.tolist()
             rate = seen * ctx.world / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * hits / seen:.1f}", img_s=f"{rate:.0f}",
                             refresh=False)
         bar.update(1)
+        if done == total:
+            break
+        if _out_of_time(deadline, ctx, done):
+            cut = True
+            break
     bar.close()
+    cut = cut or done < len(loader)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     elapsed = time.perf_counter() - start
-    _check_finite(bad, epoch, total - 1)
+    _check_finite(bad, epoch, done - 1)
     loss_sum, hits, n = ctx.all_sum(torch.cat([sums, sums.new_tensor([seen])])).tolist()
     return {"train_loss": loss_sum / max(n, 1), "train_acc": 100 * hits / max(n, 1),
-            "train_img_per_s": n / elapsed, "epoch_time_s": elapsed}
+            "train_img_per_s": n / elapsed, "epoch_time_s": elapsed, "steps": done, "cut": float(cut)}
+
+
+def _out_of_time(deadline: float | None, ctx: Context, done: int) -> bool:
+    """Whether the wall-clock budget is spent: after every step in one process; every LOG_EVERY
+    steps across processes, which must agree (any rank late stops them all)."""
+    if deadline is None:
+        return False
+    if ctx.world == 1:
+        return time.perf_counter() >= deadline
+    if done % LOG_EVERY:
+        return False
+    late = torch.tensor([float(time.perf_counter() >= deadline)], device=ctx.device)
+    return bool(ctx.all_sum(late).item() > 0)
 
 
 def _check_finite(bad: torch.Tensor, epoch: int, step: int) -> None:
@@ -288,10 +348,10 @@ def _test_metrics(model: nn.Module, ema: EMA | None, loader: MemoryLoader, aug: 
 
 # --- the run folder ----------------------------------------------------------------------------
 
-def _run_dir(out: str | os.PathLike[str] | None, graph: Graph, dataset: str, recipe: Recipe, seed: int) -> Path:
+def _run_dir(out: str | os.PathLike[str] | None, model: str, dataset: str, recipe: Recipe, seed: int) -> Path:
     if out:
         return Path(out)
-    return Path("runs") / f"{graph.name}-{Path(dataset).name}-{recipe.name}-s{seed}"
+    return Path("runs") / f"{model}-{Path(dataset).name}-{recipe.name}-s{seed}"
 
 
 def _claim_run_dir(run_dir: Path, ctx: Context) -> list[str]:
@@ -330,18 +390,39 @@ def _config(spec: str, graph: Graph, ds: Dataset, recipe: Recipe, ctx: Context, 
     }
 
 
-def _checkpoint(model: nn.Module, graph: Graph, optimizer: torch.optim.Optimizer, scheduler: Any,
-                ema: EMA | None, epoch: int, best: dict[str, float], history: list[dict[str, float]],
-                recipe: Recipe, seed: int) -> dict[str, Any]:
-    ck = checkpoint_dict(model, graph)
-    ck.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-              ema=ema.state_dict() if ema is not None else None, epoch=epoch, best=dict(best),
-              history=history, recipe=recipe.to_dict(), seed=seed)
+def _checkpoint(s: "Session", epoch: int, best: dict[str, float], history: list[dict[str, float]]
+                ) -> dict[str, Any]:
+    """Everything to resume the run, and everything a reader needs to use the weights without
+    restating anything: the spec (checkpoint_dict), the dataset, the recipe and a summary."""
+    st = s.step
+    ck = checkpoint_dict(s.model, s.graph)
+    ck.update(optimizer=st.optimizer.state_dict(), scheduler=st.scheduler.state_dict(),
+              ema=st.ema.state_dict() if st.ema is not None else None, epoch=epoch, steps=s.steps,
+              best=dict(best), history=history, recipe=s.recipe.to_dict(), seed=s.seed,
+              limits=s.limits.as_dict(), overrides=dict(s.spec_overrides),
+              dataset={**_dataset_info(s.ds), "argument": s.dataset_arg, "data_root": s.data_root},
+              summary=_summary(s, history, best))
     return ck
 
 
+def _dataset_info(ds: Dataset) -> dict[str, Any]:
+    """What inference needs of the training data: class names and the normalisation."""
+    return {"name": ds.name, "class_names": list(ds.classes), "mean": list(ds.mean), "std": list(ds.std),
+            "train_images": len(ds.train), "test_images": len(ds.test)}
+
+
+def _summary(s: "Session", history: list[dict[str, float]], best: dict[str, float]) -> dict[str, Any]:
+    """The training so far in a few figures (what `vitgraph build` and `predict` report)."""
+    last = history[-1] if history else {}
+    return {"trained": bool(history), "dataset": s.ds.name, "epochs": len(history), "steps": s.steps,
+            "top1": last.get("top1"), "top5": last.get("top5"), "best_top1": best.get("top1"),
+            "best_epoch": best.get("epoch"), "recipe": s.recipe.name, "seed": s.seed}
+
+
 def _resume(path: Path, model: nn.Module, graph: Graph, optimizer: torch.optim.Optimizer, scheduler: Any,
-            ema: EMA | None, recipe: Recipe, seed: int) -> tuple[int, dict[str, float], list[dict[str, float]]]:
+            ema: EMA | None, recipe: Recipe, seed: int, subset: int | None
+            ) -> tuple[int, int, dict[str, float], list[dict[str, float]]]:
+    """(epochs done, steps done, best, history) of the checkpoint, its state loaded."""
     ck = read_checkpoint(path)
     if ck.get("spec", {}).get("hash") != graph.spec.hash:
         raise UserError(f"{path} was written for another spec or other spec parameters "
@@ -352,6 +433,8 @@ def _resume(path: Path, model: nn.Module, graph: Graph, optimizer: torch.optim.O
     diffs = [f"{k}: {saved.get(k)!r} -> {getattr(recipe, k)!r}" for k in changed[:6]]
     if ck.get("seed") != seed:
         diffs.append(f"seed: {ck.get('seed')!r} -> {seed}")
+    if (ck.get("limits") or {}).get("subset") != subset:
+        diffs.append(f"subset: {(ck.get('limits') or {}).get('subset')!r} -> {subset!r}")
     if diffs:
         raise UserError(f"{path} was trained with other settings ({', '.join(diffs)})",
                         hint="resume with the same --recipe, --recipe-set and --seed values")
@@ -360,7 +443,8 @@ def _resume(path: Path, model: nn.Module, graph: Graph, optimizer: torch.optim.O
     scheduler.load_state_dict(ck["scheduler"])
     if ema is not None and ck.get("ema") is not None:
         ema.load_state_dict(ck["ema"])
-    return int(ck["epoch"]), dict(ck["best"]), list(ck["history"])
+    steps = int(ck.get("steps", scheduler.last_epoch))
+    return int(ck["epoch"]), steps, dict(ck["best"]), list(ck["history"])
 
 
 # --- the entry points --------------------------------------------------------------------------
@@ -372,15 +456,17 @@ def run(spec: str, dataset: str = "digits", recipe: str | None = None, *, epochs
         weights: str | None = None, teacher: str | None = None, teacher_weights: str | None = None,
         teacher_overrides: Mapping[str, Any] | None = None, distill: str | None = None, bf16: bool = False,
         compile: bool = False, workers: int = 4, data_mode: str = "auto", download: bool = True,
-        progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+        progress: bool = True, threads: int | None = None, max_steps: int | None = None,
+        minutes: float | None = None, subset: int | None = None) -> dict[str, Any]:
     """Train `spec` on `dataset` with `recipe`; see the module docstring for every argument."""
+    limits = Limits(max_steps, minutes, subset)
     if threads:
         torch.set_num_threads(threads)
     ctx = setup(device)
     try:
         return _run(ctx, spec, dataset, recipe, epochs, batch_size, overrides, spec_overrides, out, resume, seed,
                     data_root, weights, teacher, teacher_weights, teacher_overrides, distill, bf16, compile, workers,
-                    data_mode, download, progress)
+                    data_mode, download, progress, limits)
     finally:
         ctx.close()
 
@@ -409,6 +495,12 @@ class Session:
     run_dir: Path
     seed: int
     progress: bool
+    limits: Limits
+    spec_overrides: Mapping[str, Any]
+    dataset_arg: str  # the dataset as named to run(): a name, or a folder's path
+    steps: int = 0  # optimiser steps done so far, resumed ones included
+    stopped_by: str | None = None  # "max_steps" or "minutes" when a limit ended the run inside an epoch
+    data_root: str | None = None  # --data-root as given (eval of the checkpoint looks there again)
 
 
 def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs: int | None,
@@ -416,18 +508,28 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
          out: str | os.PathLike[str] | None, resume: bool, seed: int, data_root: str | None, weights: str | None,
          teacher_spec: str | None, teacher_weights: str | None, teacher_overrides: Mapping[str, Any] | None,
          distill: str | None, bf16: bool, compile_model: bool, workers: int, data_mode: str, download: bool,
-         progress: bool) -> dict[str, Any]:
+         progress: bool, limits: Limits) -> dict[str, Any]:
     recipe = load_recipe(recipe_name or default_recipe(dataset),
                          _recipe_overrides(overrides, epochs, batch_size, distill))
     if recipe.distill != "none" and not teacher_spec:
         raise UserError(f"recipe {recipe.name} distils (distill = {recipe.distill}) but no teacher was given",
                         hint="add --teacher SPEC --teacher-weights CKPT, or --distill none")
-    ds = _load_data(dataset, data_root, download, data_mode, ctx)
-    graph, notes = compile_for(spec, ds.num_classes, recipe, spec_overrides)
+    run_dir = _run_dir(out, vitgraph.compile(spec).name, dataset, recipe, seed)
+    claimed = _claim_run_dir(run_dir, ctx) if ctx.main else []
+    if (run_dir / "last.pt").is_file() and not resume:
+        raise UserError(f"{run_dir} already holds a run ({run_dir / 'last.pt'})",
+                        hint="continue it with --resume, or choose another folder with --out")
+    if ctx.main:
+        print(f"run folder: {run_dir}", flush=True)
+    start_from = read_checkpoint(weights) if weights else None  # read (and checked) before the data loads
+    stored = (spec_info(start_from) or {}).get("params")
+    ds = _load_data(dataset, data_root, download, data_mode, ctx, limits.subset, seed)
+    graph, notes = compile_for(spec, ds.num_classes, recipe, spec_overrides, stored)
+    notes = claimed + notes
     torch.manual_seed(seed)  # the same initial weights on every rank
     model = vitgraph.to_torch(graph).to(ctx.device)
-    if weights:
-        notes += load_pretrained(model, graph, weights)
+    if start_from is not None:
+        notes += load_pretrained(model, graph, start_from, str(weights))
     teacher, teacher_size = None, None
     if recipe.distill != "none":
         teacher, tgraph = build_teacher(teacher_spec, teacher_weights, ds.num_classes, graph.image,
@@ -435,28 +537,25 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
         teacher_size = None if tgraph.image[1:] == graph.image[1:] else tgraph.image[1:]
     train_loader, test_loader = make_loaders(ds, recipe, graph, ctx, seed, workers)
     optimizer = build_optimizer(model, recipe, recipe.effective_lr())
-    scheduler = build_scheduler(optimizer, recipe, recipe.effective_lr(), len(train_loader), recipe.epochs)
+    scheduler = build_scheduler(optimizer, recipe, recipe.effective_lr(), len(train_loader), recipe.epochs,
+                                limits.max_steps)
     ema = EMA(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
-    run_dir = _run_dir(out, graph, dataset, recipe, seed)
-    if ctx.main:
-        notes += _claim_run_dir(run_dir, ctx)
-    start, best, history = 0, {"top1": -1.0, "epoch": 0}, []
+    start, steps, best, history = 0, 0, {"top1": -1.0, "epoch": 0}, []
     if resume and (run_dir / "last.pt").is_file():
-        start, best, history = _resume(run_dir / "last.pt", model, graph, optimizer, scheduler, ema, recipe, seed)
-        notes.append(f"resumed from {run_dir / 'last.pt'} after epoch {start}")
+        start, steps, best, history = _resume(run_dir / "last.pt", model, graph, optimizer, scheduler, ema, recipe,
+                                              seed, limits.subset)
+        notes.append(f"resumed from {run_dir / 'last.pt'} after epoch {start} ({steps} steps)")
     elif resume:
         notes.append(f"--resume: no checkpoint in {run_dir}, starting afresh")
-    elif (run_dir / "last.pt").is_file():
-        raise UserError(f"{run_dir} already holds a run ({run_dir / 'last.pt'})",
-                        hint="continue it with --resume, or choose another folder with --out")
     aug = Augmenter(recipe, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std, ctx.device)
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     step = Step(_wrap(model, ctx, compile_model), model, optimizer, scheduler, recipe, aug, ema, teacher,
                 teacher_size, autocast)
-    session = Session(ctx, recipe, graph, ds, model, step, train_loader, test_loader, run_dir, seed, progress)
+    session = Session(ctx, recipe, graph, ds, model, step, train_loader, test_loader, run_dir, seed, progress,
+                      limits, dict(spec_overrides or {}), dataset, steps, data_root=data_root)
     if ctx.main:
         extra = {"params": sum(p.numel() for p in model.parameters()), "weights": weights, "bf16": bf16,
-                 "compile": compile_model,
+                 "compile": compile_model, "limits": limits.as_dict(),
                  "teacher": {"spec": teacher_spec, "weights": teacher_weights} if teacher else None}
         run_dir.mkdir(parents=True, exist_ok=True)
         config = _config(spec, graph, ds, recipe, ctx, seed, len(train_loader), notes, extra)
@@ -468,29 +567,40 @@ def _run(ctx: Context, spec: str, dataset: str, recipe_name: str | None, epochs:
         best = _epochs(session, start, best, history)
     except KeyboardInterrupt:
         if ctx.main and (run_dir / "last.pt").is_file():
-            print(f"interrupted; continue with --resume (checkpoint {run_dir / 'last.pt'})")
+            print(f"interrupted; continue with the same command and --resume (checkpoint {run_dir / 'last.pt'})")
+        elif ctx.main:
+            print("interrupted before the first epoch ended: no checkpoint yet, nothing to resume")
         raise
     return _results(session, history, best, time.perf_counter() - started)
 
 
 def _epochs(s: Session, start: int, best: dict[str, float], history: list[dict[str, float]]) -> dict[str, float]:
-    """Train, test and checkpoint epochs start+1 .. recipe.epochs; `history` grows in place.
-    Returns the best test top-1 and its epoch."""
-    ctx, st, epochs = s.ctx, s.step, s.recipe.epochs
+    """Train, test and checkpoint epochs start+1 .. recipe.epochs, or until the step or time
+    limit (inside an epoch); `history` grows in place. Returns the best test top-1 and its epoch."""
+    ctx, st, limits = s.ctx, s.step, s.limits
+    per_epoch = len(s.train_loader)
+    epochs = s.recipe.epochs
+    if limits.max_steps is not None:
+        epochs = min(epochs, -(-limits.max_steps // per_epoch))
+    deadline = None if limits.minutes is None else time.perf_counter() + 60 * limits.minutes
     gen = torch.Generator(ctx.device)
     for epoch in range(start, epochs):
+        left = None if limits.max_steps is None else limits.max_steps - s.steps
+        if left is not None and left <= 0:
+            break
         rng = _seed_epoch(s.seed, ctx.rank, epoch, gen)
         s.train_loader.epoch = epoch
         row: dict[str, float] = {"epoch": epoch + 1, "lr": st.optimizer.param_groups[0]["lr"]}
-        row.update(train_epoch(st, s.train_loader, ctx, gen, rng, epoch, epochs, s.progress))
+        row.update(train_epoch(st, s.train_loader, ctx, gen, rng, epoch, epochs, s.progress, left, deadline))
+        s.steps += int(row["steps"])
+        row["steps"] = s.steps  # cumulative, in metrics.csv
         row.update(_test_metrics(s.model, st.ema, s.test_loader, st.aug, ctx, st.autocast))
         history.append(row)
         improved = row["top1"] > best["top1"]
         if improved:
             best = {"top1": row["top1"], "epoch": epoch + 1}
         if ctx.main:
-            ck = _checkpoint(s.model, s.graph, st.optimizer, st.scheduler, st.ema, epoch + 1, best, history,
-                             s.recipe, s.seed)
+            ck = _checkpoint(s, epoch + 1, best, history)
             save_atomic(ck, s.run_dir / "last.pt")
             if improved:
                 save_atomic(ck, s.run_dir / "best.pt")
@@ -499,7 +609,19 @@ def _epochs(s: Session, start: int, best: dict[str, float], history: list[dict[s
                   f"test top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%  "
                   f"{row['train_img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s", flush=True)
         ctx.barrier()
+        if row["cut"]:
+            s.stopped_by = "max_steps" if limits.max_steps is not None and s.steps >= limits.max_steps else "minutes"
+            if ctx.main:
+                print(f"stopped inside epoch {epoch + 1}, after {s.steps} steps in all: {_stop_reason(s)}",
+                      flush=True)
+            break
     return best
+
+
+def _stop_reason(s: Session) -> str:
+    if s.stopped_by == "max_steps":
+        return f"--max-steps {s.limits.max_steps}"
+    return f"--minutes {s.limits.minutes:g} of training time spent"
 
 
 def _results(s: Session, history: list[dict[str, float]], best: dict[str, float], elapsed: float) -> dict[str, Any]:
@@ -509,40 +631,62 @@ def _results(s: Session, history: list[dict[str, float]], best: dict[str, float]
     final = history[-1]
     keys = ("top1", "top5", "loss", "train_loss", "train_acc", "ema_top1", "ema_top5")
     result: dict[str, Any] = {k: final[k] for k in keys if k in final}
-    result.update(best_top1=best["top1"], best_epoch=best["epoch"], epochs=len(history),
+    result.update(best_top1=best["top1"], best_epoch=best["epoch"], epochs=len(history), steps=s.steps,
+                  stopped_by=s.stopped_by,
                   train_img_per_s=float(np.median([h["train_img_per_s"] for h in history])),
                   train_time_s=sum(h["epoch_time_s"] for h in history), wall_time_s=elapsed,
                   params=sum(p.numel() for p in s.model.parameters()), run_dir=str(s.run_dir), spec=s.graph.name,
-                  spec_hash=s.graph.spec.hash, dataset=s.ds.name, recipe=s.recipe.name, world_size=s.ctx.world)
+                  spec_hash=s.graph.spec.hash, dataset=s.ds.name, recipe=s.recipe.name, world_size=s.ctx.world,
+                  **{k: v for k, v in s.limits.as_dict().items() if v is not None})
     if s.ctx.main:
         _write_text_atomic(s.run_dir / "results.json", json.dumps(result, indent=2))
     return result
 
 
-def evaluate(spec: str, weights: str, dataset: str = "digits", *, spec_overrides: Mapping[str, Any] | None = None,
-             recipe: str | None = None, device: str | None = None, data_root: str | None = None,
-             batch_size: int = 256, workers: int = 4, data_mode: str = "auto", download: bool = True,
-             ema: bool = False) -> dict[str, float]:
-    """Top-1 / top-5 (%) of a checkpoint on a dataset's test split: {"top1", "top5", "loss", "images"}.
-    The spec is compiled as for training (classes from the dataset); the recipe (default: the
-    dataset's) gives the evaluation crop. `ema=True` evaluates the checkpoint's EMA weights."""
+def evaluate(spec: str | None, weights: str, dataset: str | None = None, *,
+             spec_overrides: Mapping[str, Any] | None = None, recipe: str | None = None, device: str | None = None,
+             data_root: str | None = None, batch_size: int = 256, workers: int = 4, data_mode: str = "auto",
+             download: bool = True, ema: bool = False) -> dict[str, Any]:
+    """Top-1 / top-5 (%) of a checkpoint on a dataset's test split: {"top1", "top5", "loss", "images",
+    "dataset"}.
+    A vitgraph checkpoint says the rest: without `spec`, its stored spec and parameters; without
+    `dataset`, the dataset it was trained on (and the --data-root it was trained with); without
+    `recipe`, its training recipe (for the evaluation crop). Other checkpoints (DeiT, timm) need `spec`; it is compiled as for training
+    (classes from the dataset), with the dataset's recipe. `ema=True` evaluates the EMA weights."""
+    ck = read_checkpoint(weights)
+    saved = ck.get("dataset") if isinstance(ck.get("dataset"), Mapping) else {}
+    if not dataset:  # the dataset it was trained on, where it was found then
+        dataset = saved.get("argument") or saved.get("name") or "digits"
+        data_root = data_root or saved.get("data_root")
     ctx = setup(device)
     try:
-        rec = load_recipe(recipe or default_recipe(dataset), {"batch_size": batch_size * ctx.world})
+        rec = _eval_recipe(ck, recipe, dataset, batch_size * ctx.world)
         ds = _load_data(dataset, data_root, download, data_mode, ctx)
-        graph, _ = compile_for(spec, ds.num_classes, rec, spec_overrides)
+        graph = checkpoint_graph(spec, ck, weights, dict(spec_overrides or {})) \
+            or compile_for(str(spec), ds.num_classes, rec, spec_overrides)[0]
+        if graph.classes != ds.num_classes:
+            raise UserError(f"{weights} predicts {graph.classes} classes but {ds.name} has {ds.num_classes}",
+                            hint="evaluate on the dataset it was trained on (the default), or pass --dataset")
         model = vitgraph.to_torch(graph)
-        source: Any = weights
+        source: Any = ck
         if ema:
-            ck = read_checkpoint(weights)
             if not ck.get("ema"):
                 raise UserError(f"{weights} holds no EMA weights")
             source = {"model": ck["ema"]}
-        load_weights(model, graph, source)
+        load_weights(model, graph, source, weights)
         model.to(ctx.device)
         _, test = make_loaders(ds, rec, graph, ctx, 0, workers)
-        aug = Augmenter(rec, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std,
-                                    ctx.device)
-        return evaluate_model(model, test, aug, ctx)
+        aug = Augmenter(rec, ds.name, graph.image[1:], graph.image[0], ds.num_classes, ds.mean, ds.std, ctx.device)
+        return {**evaluate_model(model, test, aug, ctx), "dataset": ds.name}
     finally:
         ctx.close()
+
+
+def _eval_recipe(ck: Mapping[str, Any], name: str | None, dataset: str, batch_size: int) -> Recipe:
+    """The recipe that says how to evaluate: the one named, else the checkpoint's own, else the
+    dataset's default; at the evaluation batch size."""
+    saved = ck.get("recipe")
+    if name or not isinstance(saved, Mapping):
+        return load_recipe(name or default_recipe(dataset), {"batch_size": batch_size})
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    return dataclasses.replace(Recipe(**{k: v for k, v in saved.items() if k in known}), batch_size=batch_size)

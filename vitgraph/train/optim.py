@@ -49,9 +49,10 @@ def lr_at(step: int, total: int, warmup: int, peak: float, warmup_lr: float, min
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe, peak: float, steps_per_epoch: int,
-                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepping once per iteration along `lr_at` (its state goes in checkpoints)."""
-    total = steps_per_epoch * epochs
+                    epochs: int, max_steps: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepping once per iteration along `lr_at` (its state goes in checkpoints); with
+    `max_steps`, the schedule ends (cosine at its floor) after that many steps."""
+    total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
     warmup = recipe.warmup_steps if recipe.warmup_steps > 0 else round(recipe.warmup_epochs * steps_per_epoch)
     warmup = min(warmup, total)
     for group in optimizer.param_groups:
