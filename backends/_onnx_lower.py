@@ -95,6 +95,17 @@ class Lowering:
         b = None if bias is None else self.g.weight(f"{prefix}.bias", bias)
         return self.linear(x, self.matrix(f"{prefix}.weight"), b, out)
 
+    def scaled_qkv(self, x: str, node: Node) -> str:
+        """An attention node's fused qkv linear with the score scale folded into q's rows:
+        1/sqrt(head_dim), or LSA's learned per-head temperature. -> (..., 3I)."""
+        a, key = node.attrs, f"{node.name}.qkv"
+        hd = a.head_dim
+        scale = np.repeat(self.w[f"{node.name}.temperature"], hd) if a.lsa else np.full(a.inner, hd ** -0.5)
+        rows = np.concatenate([scale, np.ones(2 * a.inner)])
+        bias = self.w.get(f"{key}.bias")
+        b = None if bias is None else self.g.weight(f"{key}.bias{FOLDED}", bias * rows)
+        return self.linear(x, self.matrix(f"{key}.weight{FOLDED}", self.w[f"{key}.weight"] * rows[:, None]), b)
+
     def layernorm(self, x: str, prefix: str, eps: float, out: str | None = None) -> str:
         return self.g.op("LayerNormalization", x, self.g.weight(f"{prefix}.weight", self.w[f"{prefix}.weight"]),
                          self.g.weight(f"{prefix}.bias", self.w[f"{prefix}.bias"]), axis=-1, epsilon=eps,
@@ -229,12 +240,7 @@ def _attention(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out
     g, x, n, a = L.g, xs[0], ts[0].tokens, node.attrs
     m = A.query_tokens(node, ts[0])
     hd, inner = a.head_dim, a.inner
-    scale = np.repeat(L.w[f"{node.name}.temperature"], hd) if a.lsa else np.full(inner, hd ** -0.5)
-    rows = np.concatenate([scale, np.ones(2 * inner)])
-    weight = L.w[f"{node.name}.qkv.weight"] * rows[:, None]
-    bias = L.w.get(f"{node.name}.qkv.bias")
-    b = None if bias is None else g.weight(f"{node.name}.qkv.bias{FOLDED}", bias * rows)
-    qkv = L.linear(x, L.matrix(f"{node.name}.qkv.weight{FOLDED}", weight), b)     # (B, N, 3I)
+    qkv = L.scaled_qkv(x, node)                                                # (B, N, 3I)
     q, k, v = g.op_n("Split", [qkv, g.const([inner] * 3)], 3, axis=-1)
     if m < n:
         q = g.slice(q, [0], [m], [1])                                          # (B, M, I)
@@ -384,6 +390,7 @@ def lower(graph: Graph, g: OnnxGraph, weights: Weights) -> Lowered:
     """Append the nodes of every IR node, in the graph's stable order, each under the
     scope of its name."""
     from . import _onnx_binary  # noqa: F401 - registers the binary transition
+    from . import _onnx_swin  # noqa: F401 - registers Swin's ops
 
     L = Lowering(graph, g, weights)
     for node in graph:

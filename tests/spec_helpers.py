@@ -16,10 +16,12 @@ CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
 
 # Cheapest first: a 2x2 grid, then larger grids as pooling kernels and reductions need them
 # (binary DeiT-S with 5-wide pool branches: 80/16 -> 5x5; BinaryViT's four stages with
-# reduce 8 and 5-wide kernels: 160/4 -> 40, 20, 10, 5).
+# reduce 8 and 5-wide kernels: 160/4 -> 40, 20, 10, 5; Swin-T's four stages, whose window 7
+# divides no small grid: 32/4 -> 8, 4, 2, 1 with window 4, shifted in the first stage).
 CANDIDATES: tuple[dict[str, Any], ...] = (
     {"image": 32, "patch": 16}, {"image": 32, "patch": 8}, {"image": 80, "patch": 16},
-    {"image": 32, "patch": 4}, {"image": 64, "patch": 8}, {"image": 64}, {"image": 160}, {})
+    {"image": 32, "patch": 4}, {"image": 32, "patch": 4, "window": 4}, {"image": 64, "patch": 8}, {"image": 64},
+    {"image": 160}, {})
 
 
 @lru_cache(maxsize=None)

@@ -49,6 +49,19 @@ def test_sl_pit_at_64px() -> None:
     assert near(t.macs, 322.9e6), t.macs
 
 
+@pytest.mark.parametrize("spec,macs", [("swin", 242.3e6), ("sl_swin", 284.9e6)])
+def test_small_dataset_swins_at_64px(spec: str, macs: float) -> None:
+    t = vitgraph.count(vitgraph.compile(f"specs/{spec}.vg", image=64, patch=4, classes=200)).total
+    assert near(t.macs, macs), t.macs
+
+
+def test_swin_tiny() -> None:
+    """timm's swin_tiny_patch4_window7_224: 28.29M params, 4.5 GMACs (timm's model card;
+    tests/test_swin.py checks both exactly against timm's model where timm is installed)."""
+    t = vitgraph.count(vitgraph.compile("specs/swin_tiny.vg")).total
+    assert published(t.params) == 28.29 and near(t.macs, 4.5e9), t
+
+
 def published(value: float, digits: int = 2) -> float:
     """A count in millions, rounded as the papers print it."""
     return round(value / 1e6, digits)

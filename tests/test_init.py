@@ -94,7 +94,8 @@ def test_draws_depend_on_the_seed_only() -> None:
     assert not torch.equal(a["blocks.0.mlp.fc1.weight"], c["blocks.0.mlp.fc1.weight"])
 
 
-@pytest.mark.parametrize("spec", ["specs/binaryvit.vg", "specs/sl_vit.vg", "specs/deit_tiny_distilled.vg"])
+@pytest.mark.parametrize("spec", ["specs/binaryvit.vg", "specs/sl_vit.vg", "specs/deit_tiny_distilled.vg",
+                                  "specs/sl_swin.vg"])
 def test_torch_and_onnx_start_from_one_policy(spec: str) -> None:
     graph = vitgraph.compile(spec, **({"image": 160} if "binaryvit" in spec else {}))
     module = vitgraph.to_torch(graph, generator=torch.Generator().manual_seed(3))
@@ -108,7 +109,8 @@ def test_torch_and_onnx_start_from_one_policy(spec: str) -> None:
     ("vit", "xavier"), ("sl_vit", "xavier"), ("vit_spt", "xavier"), ("vit_lsa", "xavier"), ("pit", "xavier"),
     ("sl_pit", "xavier"), ("deit_tiny", "timm"), ("deit_base_distilled", "timm"),
     ("binary_deit_small", "torch-default; tokens normal(1e-06)"), ("binaryvit", "torch-default"),
-    ("binary_deit_small_affine", "torch-default; tokens normal(1e-06)"), ("binaryvit_star", "torch-default")])
+    ("binary_deit_small_affine", "torch-default; tokens normal(1e-06)"), ("binaryvit_star", "torch-default"),
+    ("swin", "torch-default"), ("sl_swin", "torch-default"), ("swin_tiny", "timm")])
 def test_each_papers_spec_names_its_policy(spec: str, policy: str) -> None:
     graph = vitgraph.compile(f"specs/{spec}.vg")
     assert str(graph.init) == policy

@@ -248,6 +248,7 @@ def test_session_is_configured_for_cpu_inference() -> None:
 
 def test_every_op_has_an_onnx_lowering() -> None:
     from vitgraph.backends import _onnx_binary  # noqa: F401 - registers the binary forms
+    from vitgraph.backends import _onnx_swin  # noqa: F401 - registers Swin's ops
     from vitgraph.backends._onnx_lower import ONNX_LOWERINGS
 
     missing = sorted(op.name for op in vitgraph.OPS.values() if op not in ONNX_LOWERINGS)

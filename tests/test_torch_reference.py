@@ -12,6 +12,7 @@ import torch
 import vitgraph
 from reference.binaryvit import BinaryViT, BinaryViTConfig, StageConfig
 from reference.pit import PiT, PiTConfig
+from reference.swin import Swin, SwinConfig
 from reference.vit import ShiftedPatchTokenization, ViTConfig, VisionTransformer
 from vitgraph.backends._torch_layers import shifted_patches
 
@@ -251,3 +252,16 @@ def test_binary_stem() -> None:
     out.sum().backward()
     assert torch.equal(x.grad != 0, x.detach().abs() < 1)  # ApproxSign: gradient only inside (-1, 1)
     assert (w.grad.abs() > 0).any()
+
+
+# -- Swin ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["swin", "sl_swin"])
+def test_swin_family_matches_reference(spec) -> None:
+    """The paper's CIFAR configuration (32 px, patch 2): grids 16, 8, 4 with window 4, so
+    stages 1 and 2 alternate plain and shifted windows (masks across the rolled edges) and
+    in stage 3 the window is the whole grid, unshifted; patch merging (SL: SPT merging,
+    LSA in every window)."""
+    torch.manual_seed(0)
+    model = vitgraph.to_torch(vitgraph.compile(ROOT / f"specs/{spec}.vg", image=32, patch=2, drop_path=0.0))
+    perturb(model, seed=15, scale=0.02)
+    assert_same(model, Swin(SwinConfig(image=32, patch=2, spt_lsa=spec == "sl_swin")), _image(16), train=True)

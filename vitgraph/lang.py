@@ -101,6 +101,8 @@ class Env:
             raise SpecError("division by zero", arg.span)
         elif op == "%":
             out = x % y
+        elif op == "//":
+            out = x // y
         else:
             out = x // y if isinstance(x, int) and isinstance(y, int) and x % y == 0 else x / y
         if isinstance(out, float) and not math.isfinite(out):

@@ -204,6 +204,9 @@ class _Build(Transformer_NonRecursive):
     def div(self, meta, c):
         return self._binop("/", meta, c)
 
+    def floordiv(self, meta, c):
+        return self._binop("//", meta, c)
+
     def body(self, meta, c):
         return tuple(c)
 

@@ -335,3 +335,4 @@ def buffer_table(graph: Graph) -> dict[str, Shape]:
 # The op units register themselves on import; this order is the order `vitgraph ops --list` shows.
 from . import (input, patchify, shift_tokenize, tokens, pos_embed, norm, attention,  # noqa: E402,F401
                mlp, pool_branches, affine, drop_path, add, downsample, head, slice)
+from . import window_attention, patch_merge  # noqa: E402,F401 - Swin
