@@ -44,6 +44,7 @@ from vitgraph.ops.pos_embed import PosEmbed
 from vitgraph.ops.tokens import TOKEN_KEYS, Tokens
 
 from . import _torch_layers  # noqa: F401 - registers the op modules
+from . import _torch_cait  # noqa: F401 - registers CaiT's op modules
 from ._torch_registry import TORCH_LOWERINGS, lowering_for
 
 
