@@ -42,7 +42,8 @@ def test_every_run_of_every_suite_compiles(name):
 def test_suites_hold_what_the_issue_lists():
     small = S.load_suite("small-datasets", SPECS)
     assert small.datasets == ["cifar10", "cifar100", "svhn", "tiny-imagenet"]
-    assert set(small.specs) == {"vit", "sl_vit", "pit", "sl_pit", "deit_tiny", "binary_deit_small", "binaryvit"}
+    assert set(small.specs) == {"vit", "sl_vit", "pit", "sl_pit", "cait", "sl_cait", "deit_tiny", "binary_deit_small",
+                                "binaryvit"}
     assert S.load_suite("spt-lsa-ablation", SPECS).specs == ["vit", "vit_spt", "vit_lsa", "sl_vit"]
     large = S.load_suite("large", SPECS)
     assert {"deit_base_distilled", "binary_deit_small_affine", "binaryvit_star"} <= set(large.specs)
@@ -54,6 +55,7 @@ def test_classes_follow_the_dataset():
     runs = {r.id: r for r in S.load_suite("small-datasets", SPECS).runs}
     assert runs["vit@cifar100"].overrides["classes"] == 100
     assert runs["pit@tiny-imagenet"].overrides == {"image": 64, "classes": 200, "patch": 4}
+    assert runs["sl_cait@tiny-imagenet"].overrides == {"image": 64, "classes": 200, "patch": 8}
     assert runs["binaryvit@svhn"].overrides["image"] == 160
 
 
