@@ -267,7 +267,8 @@ def _projections(L: Lowering, node: Node, xs: list[str], ts: list[TensorType]) -
         q, k, v = g.op_n("Split", [qkv, g.const([inner] * 3)], 3, axis=-1)
         return (g.slice(q, [0], [m], [1]) if m < t.tokens else q), k, v
     xq = xs[0] if m == t.tokens else g.slice(xs[0], [0], [m], [1])             # (B, M, D)
-    context = g.slice(xs[1], [t.prefix], [t.tokens], [1]) if getattr(a, "keys", "all") == "raw-patches" else xs[0]
+    start = node.op.context_start(node, t)
+    context = xs[0] if start is None else g.slice(xs[1], [start], [t.tokens], [1])  # (B, N, D)
     if a.layout == "q-kv":
         k, v = g.op_n("Split", [L.linear_key(context, f"{name}.to_kv"), g.const([inner] * 2)], 2, axis=-1)
         return _scaled_linear(L, xq, f"{name}.to_q", scale), k, v

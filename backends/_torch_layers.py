@@ -148,7 +148,7 @@ class Attention(nn.Module):
         self.masked = "offdiag" in node.op.constants(node, ins)
         self.diagonal = a.diagonal
         self.explicit = bool(self.mixes) or self.diagonal is not None  # not one fused kernel
-        self.context_from = ins[0].prefix if getattr(a, "keys", "all") == "raw-patches" else None
+        self.context_from = node.op.context_start(node, ins[0])
 
     def forward(self, x: Tensor, stream: Tensor | None = None) -> Tensor:
         q, k, v = self._project(x, stream)  # (B, H, M, hd), (B, H, N, hd), (B, H, N, hd)

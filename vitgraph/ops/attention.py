@@ -151,12 +151,18 @@ class Attention(OpDef):
         # BinaryViT's q, k, v (and K/V reduction) have no bias (official QuantizeLinear, bias=False)
         bias = r.args.get("qkv-bias", not binary)
         return AttentionAttrs(r.args["heads"], head_dim(r, r.ins[0].dim), bias, lsa, r.args.get("reduce", 1),
-                              None, binary, **cait_forms(r, binary, lsa, lsa))
+                              None, binary, **cait_forms(r, binary, lsa, masked=lsa))
 
     @classmethod
     def kv_tokens(cls, node: Node, x: TensorType) -> int:
         """How many tokens full-precision keys and values are computed from."""
         return x.tokens
+
+    @classmethod
+    def context_start(cls, node: Node, x: TensorType) -> int | None:
+        """Where keys and values start in the block's raw stream (class attention with
+        raw-patch keys), or None: they are the op's input."""
+        return None
 
     @classmethod
     def shape(cls, node: Node, ins: list[TensorType]) -> TensorType:

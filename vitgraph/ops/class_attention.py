@@ -66,7 +66,7 @@ class ClassAttention(Attention):
             raise r.error("class-attention reads the class token, but the stream has none",
                           "expected `tokens cls` before these blocks (CaiT inserts it after the self-attention blocks)")
         keys, lsa = r.args.get("keys", "all"), r.args.get("lsa", False)
-        forms = cait_forms(r, (), lsa, lsa and keys == "all", layout="q-k-v")
+        forms = cait_forms(r, (), lsa, masked=lsa and keys == "all", layout="q-k-v")
         if keys == "raw-patches" and forms["projections"] is None:
             raise r.error("keys raw-patches come from other tokens than the queries: one fused qkv linear cannot "
                           "compute both", "expected `projections q-kv` or `projections q-k-v`", at="projections")
@@ -75,7 +75,11 @@ class ClassAttention(Attention):
 
     @classmethod
     def kv_tokens(cls, node: Node, x: TensorType) -> int:
-        return x.tokens if node.attrs.keys == "all" else x.tokens - x.prefix
+        return x.tokens - (cls.context_start(node, x) or 0)
+
+    @classmethod
+    def context_start(cls, node: Node, x: TensorType) -> int | None:
+        return x.prefix if node.attrs.keys == "raw-patches" else None
 
     @classmethod
     def shape(cls, node: Node, ins: list[TensorType]) -> TensorType:
