@@ -95,16 +95,22 @@ class Lowering:
         b = None if bias is None else self.g.weight(f"{prefix}.bias", bias)
         return self.linear(x, self.matrix(f"{prefix}.weight"), b, out)
 
+    def score_scale(self, node: Node) -> np.ndarray:
+        """The per-query-row score scale of an attention node: 1/sqrt(head_dim), or LSA's
+        learned per-head temperature."""
+        a = node.attrs
+        return np.repeat(self.w[f"{node.name}.temperature"], a.head_dim) if a.lsa else np.full(a.inner, a.head_dim ** -0.5)
+
+    def scaled_linear(self, x: str, prefix: str, rows: np.ndarray) -> str:
+        """A linear layer whose output rows are scaled (the score scale in the query rows)."""
+        bias = self.w.get(f"{prefix}.bias")
+        b = None if bias is None else self.g.weight(f"{prefix}.bias{FOLDED}", bias * rows)
+        return self.linear(x, self.matrix(f"{prefix}.weight{FOLDED}", self.w[f"{prefix}.weight"] * rows[:, None]), b)
+
     def scaled_qkv(self, x: str, node: Node) -> str:
-        """An attention node's fused qkv linear with the score scale folded into q's rows:
-        1/sqrt(head_dim), or LSA's learned per-head temperature. -> (..., 3I)."""
-        a, key = node.attrs, f"{node.name}.qkv"
-        hd = a.head_dim
-        scale = np.repeat(self.w[f"{node.name}.temperature"], hd) if a.lsa else np.full(a.inner, hd ** -0.5)
-        rows = np.concatenate([scale, np.ones(2 * a.inner)])
-        bias = self.w.get(f"{key}.bias")
-        b = None if bias is None else self.g.weight(f"{key}.bias{FOLDED}", bias * rows)
-        return self.linear(x, self.matrix(f"{key}.weight{FOLDED}", self.w[f"{key}.weight"] * rows[:, None]), b)
+        """An attention node's fused qkv linear with the score scale folded into q's rows. -> (..., 3I)."""
+        return self.scaled_linear(x, f"{node.name}.qkv",
+                                  np.concatenate([self.score_scale(node), np.ones(2 * node.attrs.inner)]))
 
     def layernorm(self, x: str, prefix: str, eps: float, out: str | None = None) -> str:
         return self.g.op("LayerNormalization", x, self.g.weight(f"{prefix}.weight", self.w[f"{prefix}.weight"]),
@@ -230,30 +236,68 @@ def _norm(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str
 
 @onnx_lowering(A.Attention)
 def _attention(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], out: str) -> str:
-    """Multi-head self-attention; queries of only the first `queries` tokens when the pass
-    left the rest dead. The score scale (LSA: the learned per-head temperature) is folded
-    into q's rows of the qkv weight; LSA's diagonal mask is an additive -inf constant."""
+    """Multi-head attention; queries of only the first `queries` tokens when the pass left
+    the rest dead (or the class tokens' of class attention). The score scale (LSA: the
+    learned per-head temperature) is folded into the query rows of the weight; LSA's
+    diagonal mask is an additive -inf constant, or, with a diagonal value, a Mul by the
+    off-diagonal ones and an Add of the value; talking heads mix the scores before the
+    softmax and the probabilities after it."""
     from ._onnx_binary import binary_attention
 
     if node.binary:
         return binary_attention(L, node, xs, ts, out)
-    g, x, n, a = L.g, xs[0], ts[0].tokens, node.attrs
-    m = A.query_tokens(node, ts[0])
-    hd, inner = a.head_dim, a.inner
-    qkv = L.scaled_qkv(x, node)                                                # (B, N, 3I)
-    q, k, v = g.op_n("Split", [qkv, g.const([inner] * 3)], 3, axis=-1)
-    if m < n:
-        q = g.slice(q, [0], [m], [1])                                          # (B, M, I)
+    g, a = L.g, node.attrs
+    m, n, hd, inner = A.query_tokens(node, ts[0]), node.op.kv_tokens(node, ts[0]), a.head_dim, a.inner
+    q, k, v = _projections(L, node, xs, ts)                                   # (B, M, I), (B, N, I) x2
     q = g.transpose(g.reshape(q, [0, m, a.heads, hd]), [0, 2, 1, 3])           # (B, H, M, hd)
     k = g.transpose(g.reshape(k, [0, n, a.heads, hd]), [0, 2, 3, 1])           # (B, H, hd, N)
     v = g.transpose(g.reshape(v, [0, n, a.heads, hd]), [0, 2, 1, 3])           # (B, H, N, hd)
     scores = g.op("MatMul", q, k)                                              # (B, H, M, N)
-    if a.lsa:  # a token's score with itself is masked out before the softmax
-        offdiag = node.op.constants(node, ts)["offdiag"]
+    offdiag = node.op.constants(node, ts).get("offdiag")
+    if offdiag is not None and a.diagonal is None:  # a token's score with itself is masked out before the softmax
         scores = g.add(scores, g.const(np.where(offdiag, 0.0, -np.inf)[None, None], g.dtype))
-    ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)                  # (B, H, M, hd)
+    elif offdiag is not None:  # ... or set to the diagonal value
+        scores = g.mul(scores, g.const(offdiag[None, None], g.dtype))
+        scores = g.add(scores, g.const(np.where(offdiag, 0.0, a.diagonal)[None, None], g.dtype))
+    probs = _mix_heads(L, node, g.op("Softmax", _mix_heads(L, node, scores, 0), axis=-1), 1)
+    ctx = g.op("MatMul", probs, v)                                             # (B, H, M, hd)
     ctx = g.reshape(g.transpose(ctx, [0, 2, 1, 3]), [0, m, inner])             # (B, M, I)
     return L.linear_key(ctx, f"{node.name}.proj", out)
+
+
+def _projections(L: Lowering, node: Node, xs: list[str], ts: list[TensorType]) -> tuple[str, str, str]:
+    """Scaled queries of the first M tokens, keys and values: one fused qkv linear, or
+    separate q / kv or q / k / v linears (class attention: keys and values of the raw
+    patch tokens of the block's stream, its second input, where it says so)."""
+    g, a, t, name = L.g, node.attrs, ts[0], node.name
+    m, inner, scale = A.query_tokens(node, t), a.inner, L.score_scale(node)
+    if a.layout == "qkv":
+        qkv = L.scaled_qkv(xs[0], node)                                          # (B, N, 3I)
+        q, k, v = g.op_n("Split", [qkv, g.const([inner] * 3)], 3, axis=-1)
+        return (g.slice(q, [0], [m], [1]) if m < t.tokens else q), k, v
+    xq = xs[0] if m == t.tokens else g.slice(xs[0], [0], [m], [1])             # (B, M, D)
+    start = node.op.context_start(node, t)
+    context = xs[0] if start is None else g.slice(xs[1], [start], [t.tokens], [1])  # (B, N, D)
+    if a.layout == "q-kv":
+        k, v = g.op_n("Split", [L.linear_key(context, f"{name}.to_kv"), g.const([inner] * 2)], 2, axis=-1)
+        return L.scaled_linear(xq, f"{name}.to_q", scale), k, v
+    return (L.scaled_linear(xq, f"{name}.q", scale), L.linear_key(context, f"{name}.k"),
+            L.linear_key(context, f"{name}.v"))
+
+
+def _mix_heads(L: Lowering, node: Node, s: str, which: int) -> str:
+    """Talking heads on (B, H, M, N) (none: s itself), over the heads moved last: timm's
+    Linear(h, h), or the small-datasets code's matrix M (out[g] = sum_h s[h] M[h, g])."""
+    kind = node.attrs.talking_heads
+    if kind is None:
+        return s
+    key = f"{node.name}.{A.TALKING_HEADS[kind][which]}"
+    last = L.g.transpose(s, [0, 2, 3, 1])                                      # (B, M, N, H)
+    if kind == "linear":
+        mixed = L.linear_key(last, key)
+    else:
+        mixed = L.g.op("MatMul", last, L.g.weight(key, L.w[key]))
+    return L.g.transpose(mixed, [0, 3, 1, 2])                                  # (B, H, M, N)
 
 
 @onnx_lowering(mlp.Mlp)
@@ -391,6 +435,7 @@ def lower(graph: Graph, g: OnnxGraph, weights: Weights) -> Lowered:
     scope of its name."""
     from . import _onnx_binary  # noqa: F401 - registers the binary transition
     from . import _onnx_swin  # noqa: F401 - registers Swin's ops
+    from . import _onnx_cait  # noqa: F401 - registers CaiT's class attention and layer scale
 
     L = Lowering(graph, g, weights)
     for node in graph:

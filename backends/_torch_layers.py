@@ -121,32 +121,86 @@ def attention_module(node: Node, ins: list[TensorType]) -> nn.Module:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (timm layout); LSA adds a learnable per-head temperature
-    in place of the scale and masks each token's score with itself (the `offdiag`
-    constant of the op unit). With `queries` set, only the first queries are computed."""
+    """Multi-head attention (timm layout); LSA adds a learnable per-head temperature in
+    place of the scale and masks each token's score with itself (the `offdiag` constant of
+    the op unit). With `queries` set, only the first queries are computed. CaiT's forms
+    (vitgraph/ops/attention.py, class_attention.py): separate q / kv or q / k / v
+    projections, talking heads, LSA's diagonal set to a value, and class attention's keys
+    and values from the raw patch tokens of the block's stream."""
 
     def __init__(self, node: Node, ins: list[TensorType]) -> None:
         super().__init__()
         a, d = node.attrs, ins[0].dim
         self.heads, self.head_dim, self.queries = a.heads, a.head_dim, a.queries
-        self.qkv = linear(d, 3 * a.inner, bias=a.qkv_bias)
+        self.layout = a.layout
+        for part, width in A.PROJECTIONS[a.layout].items():
+            self.add_module(part, linear(d, width * a.inner, bias=a.qkv_bias))
         self.proj = linear(a.inner, d)
         self.lsa = a.lsa
         if self.lsa:
             self.temperature = nn.Parameter(torch.empty(self.heads))
+        self.mixes = A.TALKING_HEADS.get(a.talking_heads, ())  # (pre-softmax, post-softmax)
+        for mix in self.mixes:
+            if a.talking_heads == "linear":
+                self.add_module(mix, linear(a.heads, a.heads))
+            else:
+                self.register_parameter(mix, nn.Parameter(torch.empty(a.heads, a.heads)))
+        self.masked = "offdiag" in node.op.constants(node, ins)
+        self.diagonal = a.diagonal
+        self.explicit = bool(self.mixes) or self.diagonal is not None  # not one fused kernel
+        self.context_from = node.op.context_start(node, ins[0])
 
-    def forward(self, x: Tensor) -> Tensor:
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
-        if self.queries is not None:
-            q = q[:, :, :self.queries]  # (B, H, M, hd)
+    def forward(self, x: Tensor, stream: Tensor | None = None) -> Tensor:
+        q, k, v = self._project(x, stream)  # (B, H, M, hd), (B, H, N, hd), (B, H, N, hd)
         if self.lsa:
             q = q * self.temperature.to(q.dtype).view(1, -1, 1, 1)
+        if self.explicit:
+            out = self._mixed(q if self.lsa else q * self.head_dim ** -0.5, k, v)
+        elif self.lsa:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.offdiag, scale=1.0)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, q.shape[2], -1))  # (B, M, I) -> (B, M, D)
+        return self.proj(out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1))  # (B, M, I) -> (B, M, D)
+
+    def _heads(self, t: Tensor) -> Tensor:
+        b, n, _ = t.shape
+        return t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
+
+    def _project(self, x: Tensor, stream: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries of the first `queries` tokens of x; keys and values of x, or of the
+        stream's patch tokens (class attention with raw-patch keys)."""
+        b, n, _ = x.shape
+        if self.layout == "qkv":
+            qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
+            if self.queries is not None:
+                q = q[:, :, :self.queries]  # (B, H, M, hd)
+            return q, k, v
+        xq = x if self.queries is None else x[:, :self.queries]  # (B, M, D)
+        context = x if self.context_from is None else stream[:, self.context_from:]  # (B, N, D)
+        if self.layout == "q-kv":
+            q, (k, v) = self.to_q(xq), self.to_kv(context).chunk(2, dim=-1)
+        else:
+            q, k, v = self.q(xq), self.k(context), self.v(context)
+        return self._heads(q), self._heads(k), self._heads(v)
+
+    def _mixed(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Scores, LSA's diagonal set to its value, talking heads around the softmax."""
+        scores = q @ k.transpose(-2, -1)  # (B, H, M, N)
+        if self.masked:
+            scores = scores.masked_fill(~self.offdiag, self.diagonal)
+        probs = self._mix(self._mix(scores, 0).softmax(dim=-1), 1)
+        return probs @ v  # (B, H, M, hd)
+
+    def _mix(self, s: Tensor, which: int) -> Tensor:
+        """Talking heads (none: s itself): out[g] = sum_h W[g, h] s[h] + b[g] (timm's
+        Linear), or sum_h s[h] M[h, g] (the small-datasets code's matrix)."""
+        if not self.mixes:
+            return s
+        mix = getattr(self, self.mixes[which])
+        if isinstance(mix, nn.Linear):
+            return mix(s.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # heads last, mixed, back
+        return torch.einsum("bhij,hg->bgij", s, mix.to(s.dtype))
 
 
 class BinaryAttention(nn.Module):

@@ -617,7 +617,7 @@ class Builder:
                 for m in modifiers:
                     mop = WORDS[m.word]
                     mattrs = self._resolve(mop, m, match(m, mop.words[m.word], env), [self.g.node(y).out])
-                    y = self.g.add(mop, f"{p}.{mop.key}{k}", (y,), mattrs, p, stage, m.span)
+                    y = self.g.add(mop, f"{p}.{mop.member(k)}", (y,), mattrs, p, stage, m.span)
                 if rate > 0:
                     y = self.g.add(DropPath, f"{p}.drop_path{k}", (y,), DropPathAttrs(rate), p, stage, self.dp_span)
                 parts = [x, y]

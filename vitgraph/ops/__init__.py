@@ -204,6 +204,11 @@ class OpDef:
         return cls.Attrs()
 
     @classmethod
+    def member(cls, branch: int) -> str:
+        """A modifier's module name in a block, on the block's branch-th residual branch."""
+        return f"{cls.key}{branch}"
+
+    @classmethod
     def shape(cls, node: Node, ins: list[TensorType]) -> TensorType:
         return ins[0]
 
@@ -336,3 +341,4 @@ def buffer_table(graph: Graph) -> dict[str, Shape]:
 from . import (input, patchify, shift_tokenize, tokens, pos_embed, norm, attention,  # noqa: E402,F401
                mlp, pool_branches, affine, drop_path, add, downsample, head, slice)
 from . import window_attention, patch_merge  # noqa: E402,F401 - Swin
+from . import class_attention, layer_scale  # noqa: E402,F401 - CaiT

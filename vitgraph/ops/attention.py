@@ -10,12 +10,23 @@ bias (k and v after an optional AvgPool(r) + BLU spatial reduction of keys and v
 learnable shift each, sign, the softmax quantized as round(p / alpha).clamp(0, 1) * alpha,
 and the context shortcut RPReLU(BN(P V) + q + k + v) before the proj BLU.
 
+CaiT's forms (Touvron et al. 2021, "Going deeper with Image Transformers"; and the
+small-datasets paper's official models/cait.py): `projections q-kv|q-k-v` computes
+queries, keys and values with separate linear layers (`to_q`, `to_kv`: the small-datasets
+code; `q`, `k`, `v`: timm's class attention) instead of one fused `qkv`;
+`talking-heads linear|matrix` mixes the heads' scores before the softmax and their
+probabilities after it (Shazeer et al. 2020): timm's `proj_l`, `proj_w` Linear(h, h) with
+bias (out[g] = sum_h W[g, h] s[h] + b[g]), or the small-datasets code's bias-free
+`mix_heads_pre_attn`, `mix_heads_post_attn` (out[g] = sum_h s[h] M[h, g]);
+`lsa ... diagonal V` sets each token's score with itself to V (after the temperature)
+instead of masking it to -inf, as the official SL-CaiT code does (V = -1e-9).
+
 `queries k` (set by the dead-token elimination pass, never written in specs) computes
 only the first k tokens' queries: the output holds those k tokens."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..ir import Node, TensorType
 from ..lang import Schema
@@ -25,7 +36,13 @@ from . import (Buffer, OpDef, Param, Resolve, batchnorm_buffers, binary_split, b
 if TYPE_CHECKING:
     import numpy as np
 
-_OPTIONS = {"heads": "int", "head-dim": "int", "qkv-bias": "bool", "reduce": "int"}
+OPTIONS = {"heads": "int", "head-dim": "int", "qkv-bias": "bool", "reduce": "int",
+           "projections": "choice:qkv|q-kv|q-k-v", "talking-heads": "choice:none|linear|matrix"}
+# the linear layers that compute queries, keys and values in each layout, with their
+# widths in multiples of heads x head-dim
+PROJECTIONS = {"qkv": {"qkv": 3}, "q-kv": {"to_q": 1, "to_kv": 2}, "q-k-v": {"q": 1, "k": 1, "v": 1}}
+# the head-mixing parameters of each talking-heads form: (pre-softmax, post-softmax)
+TALKING_HEADS = {"linear": ("proj_l", "proj_w"), "matrix": ("mix_heads_pre_attn", "mix_heads_post_attn")}
 
 
 @dataclass(frozen=True)
@@ -37,10 +54,23 @@ class AttentionAttrs:
     reduce: int = 1
     queries: int | None = None
     binary: tuple[str, ...] = ()
+    projections: str | None = None    # None: one fused qkv linear; else a key of PROJECTIONS
+    talking_heads: str | None = None  # None, or a key of TALKING_HEADS
+    diagonal: float | None = None     # LSA: None masks a token's score with itself; a value replaces it
 
     @property
     def inner(self) -> int:
         return self.heads * self.head_dim
+
+    @property
+    def layout(self) -> str:
+        return self.projections or "qkv"
+
+    @property
+    def plain(self) -> bool:
+        """The fused-qkv form with nothing between the scores and the softmax but LSA's mask
+        (what onnxruntime's fused attention kernels compute)."""
+        return self.projections is None and self.talking_heads is None and self.diagonal is None
 
 
 def head_dim(r: Resolve, dim: int) -> int:
@@ -52,6 +82,25 @@ def head_dim(r: Resolve, dim: int) -> int:
         raise r.error(f"heads {heads} does not divide dim {dim}",
                       f"expected a head count that divides {dim}, or an explicit head-dim")
     return dim // heads
+
+
+def cait_forms(r: Resolve, binary: tuple[str, ...], lsa: bool, masked: bool, layout: str = "qkv") -> dict[str, Any]:
+    """The statement's projections, talking heads and LSA diagonal value, checked."""
+    talking = r.args.get("talking-heads", "none")
+    if binary and ("projections" in r.args or talking != "none"):
+        at = "projections" if "projections" in r.args else "talking-heads"
+        raise r.error(f"'{at}' is a full-precision form, but these blocks are binarized",
+                      "expected BinaryViT's binary attention (its own q, k and v units), or no binarize", at=at)
+    if "diagonal" in r.args and not lsa:
+        raise r.error("'diagonal' is LSA's: it replaces each token's score with itself",
+                      "expected `lsa true`", at="diagonal")
+    if masked and talking != "none" and "diagonal" not in r.args:
+        raise r.error("talking heads would mix LSA's -inf diagonal mask across the heads (inf - inf)",
+                      "expected `diagonal V`, the score each token gets with itself (the official SL-CaiT code: -1e-9)",
+                      at="talking-heads")
+    projections = r.args.get("projections", layout)
+    return {"projections": None if projections == "qkv" else projections,
+            "talking_heads": None if talking == "none" else talking, "diagonal": r.args.get("diagonal")}
 
 
 def key_tokens(node: Node, x: TensorType) -> int:
@@ -80,8 +129,8 @@ class Attention(OpDef):
 
     name = "attention"
     words = {
-        "attention": Schema((), _OPTIONS, usage="attention heads 6 head-dim 64 qkv-bias true reduce 1"),
-        "lsa": Schema((), _OPTIONS, usage="lsa heads 12 head-dim 16"),
+        "attention": Schema((), OPTIONS, usage="attention heads 6 head-dim 64 qkv-bias true reduce 1"),
+        "lsa": Schema((), {**OPTIONS, "diagonal": "real"}, usage="lsa heads 12 head-dim 16 diagonal -1e-9"),
     }
     role = "mixer"
     family = "attention"
@@ -102,7 +151,18 @@ class Attention(OpDef):
         # BinaryViT's q, k, v (and K/V reduction) have no bias (official QuantizeLinear, bias=False)
         bias = r.args.get("qkv-bias", not binary)
         return AttentionAttrs(r.args["heads"], head_dim(r, r.ins[0].dim), bias, lsa, r.args.get("reduce", 1),
-                              None, binary)
+                              None, binary, **cait_forms(r, binary, lsa, masked=lsa))
+
+    @classmethod
+    def kv_tokens(cls, node: Node, x: TensorType) -> int:
+        """How many tokens full-precision keys and values are computed from."""
+        return x.tokens
+
+    @classmethod
+    def context_start(cls, node: Node, x: TensorType) -> int | None:
+        """Where keys and values start in the block's raw stream (class attention with
+        raw-patch keys), or None: they are the op's input."""
+        return None
 
     @classmethod
     def shape(cls, node: Node, ins: list[TensorType]) -> TensorType:
@@ -134,7 +194,8 @@ class Attention(OpDef):
         a, d, n = node.attrs, ins[0].dim, node.name
         out: dict[str, Param] = {}
         if not a.binary:
-            out.update(linear_params(f"{n}.qkv", d, 3 * a.inner, a.qkv_bias))
+            for part, width in PROJECTIONS[a.layout].items():
+                out.update(linear_params(f"{n}.{part}", d, width * a.inner, a.qkv_bias))
             out.update(linear_params(f"{n}.proj", a.inner, d))
         else:
             weights = "weights" in a.binary
@@ -150,6 +211,11 @@ class Attention(OpDef):
             out.update(blu_params(f"{n}.proj", d, d, False, weights))
         if a.lsa:
             out[f"{n}.temperature"] = Param((a.heads,), a.head_dim ** -0.5)
+        for mix in TALKING_HEADS.get(a.talking_heads, ()):
+            if a.talking_heads == "linear":
+                out.update(linear_params(f"{n}.{mix}", a.heads, a.heads))
+            else:
+                out[f"{n}.{mix}"] = Param((a.heads, a.heads), "mix")
         return out
 
     @classmethod
@@ -178,7 +244,8 @@ class Attention(OpDef):
         x, a = ins[0], node.attrs
         n, d, m, nq = x.tokens, x.dim, key_tokens(node, x), query_tokens(node, x)
         if not a.binary:
-            linear = nq * d * a.inner + n * d * 2 * a.inner + nq * a.inner * d
+            m = cls.kv_tokens(node, x)
+            linear = nq * d * a.inner + m * d * 2 * a.inner + nq * a.inner * d
         else:
             linear = n * d * d + 2 * m * d * d + n * d * d + (m * d * d if a.reduce > 1 else 0)
         fp, bops = binary_split(a.binary, linear)
@@ -187,5 +254,7 @@ class Attention(OpDef):
             bops += matmuls
         else:
             fp += matmuls
+        if a.talking_heads:  # an h x h mix of every (query, key) score, before and after the softmax
+            fp += 2 * nq * m * a.heads * a.heads
         return (fp, bops)
 
