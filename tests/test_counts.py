@@ -44,6 +44,15 @@ def test_small_dataset_vits_at_32px(spec: str, params: float, macs: float) -> No
     assert near(t.params, params) and near(t.macs, macs), t
 
 
+def test_pit_at_64px_is_the_official_codes_count() -> None:
+    """torch.utils.flop_counter on the official models/pit.py (PiT(img_size=64, patch_size=4,
+    num_classes=200, dim=96, mlp_dim_ratio=2, depth=(2,6,4), heads=(2,4,8), dim_head=48))
+    counts 275,346,048 MACs (FLOPs / 2) and 7,049,192 parameters; the paper prints 279.2M."""
+    t = vitgraph.count(vitgraph.compile("specs/pit.vg", image=64, patch=4, classes=200)).total
+    assert (t.macs, t.params) == (275_346_048, 7_049_192)
+    assert abs(t.macs / 279.2e6 - 1) < 0.015  # the paper's figure, 1.4% above (README: known differences)
+
+
 def test_sl_pit_at_64px() -> None:
     t = vitgraph.count(vitgraph.compile("specs/sl_pit.vg", image=64, patch=4, classes=200)).total
     assert near(t.macs, 322.9e6), t.macs
@@ -129,3 +138,19 @@ def test_ops_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ops", "specs/deit_tiny.vg"]) == 0
     out = capsys.readouterr().out
     assert "blocks.11" in out and "total" in out and "5.717" in out
+
+
+def test_the_readme_zoo_table_is_the_zoo() -> None:
+    """Every row of the README's model-zoo table has the counts its spec gives today."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = text[text.index("| spec | input | params (M)"):].splitlines()
+    table = [line for line in lines[2:next(i for i, line in enumerate(lines) if not line.startswith("|"))]]
+    assert len(table) == len(list((Path(__file__).resolve().parent.parent / "specs").glob("*.vg")))
+    for row in table:
+        name, _, params, macs, bops, ops = [c.strip() for c in row.strip("|").split("|")]
+        t = vitgraph.count(vitgraph.compile(f"specs/{name}.vg")).total
+        want = (f"{t.params / 1e6:.2f}", f"{t.macs / 1e6:,.1f}", f"{t.bops / 1e9:.2f}" if t.bops else "-",
+                f"{t.ops / 1e6:,.1f}")
+        assert (params, macs, bops, ops) == want, name
