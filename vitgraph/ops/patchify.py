@@ -37,6 +37,12 @@ def grid_of(node: Node, image: TensorType, patch: int) -> tuple[int, int]:
     return (h // patch, w // patch)
 
 
+def patch_tokens(node: Node, image: TensorType) -> TensorType:
+    """The tokens of cutting `image` into the node's patch x patch patches, at its dim."""
+    gh, gw = grid_of(node, image, node.attrs.patch)
+    return tokens_type(gh * gw, node.attrs.dim, (gh, gw), 0)
+
+
 @register
 class Patchify(OpDef):
     """p x p stride-p conv patch embedding (DeiT), or a conv stem with a norm (BinaryViT, Swin)."""
@@ -64,8 +70,7 @@ class Patchify(OpDef):
 
     @classmethod
     def shape(cls, node: Node, ins: list[TensorType]) -> TensorType:
-        gh, gw = grid_of(node, ins[0], node.attrs.patch)
-        return tokens_type(gh * gw, node.attrs.dim, (gh, gw), 0)
+        return patch_tokens(node, ins[0])
 
     @classmethod
     def params(cls, node: Node, ins: list[TensorType]) -> dict[str, Param]:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from ..ir import Node, TensorType
 from ..lang import Schema
-from . import OpDef, Param, Resolve, linear_params, norm_params, register, tokens_type
-from .patchify import grid_of
+from . import OpDef, Param, Resolve, linear_params, norm_params, register
+from .patchify import patch_tokens
 
 SPT_EPS = 1e-5  # the official SPT's LayerNorm keeps PyTorch's default eps
 
@@ -44,8 +44,7 @@ class ShiftTokenize(OpDef):
 
     @classmethod
     def shape(cls, node: Node, ins: list[TensorType]) -> TensorType:
-        gh, gw = grid_of(node, ins[0], node.attrs.patch)
-        return tokens_type(gh * gw, node.attrs.dim, (gh, gw), 0)
+        return patch_tokens(node, ins[0])
 
     @classmethod
     def params(cls, node: Node, ins: list[TensorType]) -> dict[str, Param]:
