@@ -56,8 +56,8 @@ def split_input(node: Node, x: TensorType) -> tuple[int, int, int]:
     if x.grid is None:
         raise node_error(node, f"soft-split needs a token grid, but {x} has none")
     if x.prefix:
-        raise node_error(node, f"soft-split needs a token grid without class tokens, but {x} has {x.prefix}",
-                         "expected it before `tokens cls`")
+        raise node_error(node, f"soft-split needs a token grid without class tokens, but its input {x} "
+                               f"has {x.prefix} leading class token(s)", "expected it before `tokens cls`")
     return x.dim, x.grid[0], x.grid[1]
 
 
@@ -79,7 +79,8 @@ class SoftSplit(OpDef):
     def resolve(cls, r: Resolve) -> SoftSplitAttrs:
         padding = r.args.get("padding", 0)
         if padding != int(padding):
-            raise r.error(f"padding {padding:g} is not a whole number of pixels", at="padding")
+            raise r.error(f"padding {padding:g} is not a whole number of pixels", "expected e.g. `padding 1`",
+                          at="padding")
         return SoftSplitAttrs(r.args["kernel"], r.args.get("stride", 1), int(padding), r.args.get("shift", 0))
 
     @classmethod
@@ -88,7 +89,8 @@ class SoftSplit(OpDef):
         c, h, w = split_input(node, ins[0])
         if a.kernel > min(h, w) + 2 * a.padding:
             raise node_error(node, f"soft-split kernel {a.kernel} is larger than its padded input "
-                                   f"{h + 2 * a.padding}x{w + 2 * a.padding}")
+                                   f"{h + 2 * a.padding}x{w + 2 * a.padding}",
+                             f"expected a kernel of at most {min(h, w) + 2 * a.padding}, or more padding")
         oh, ow = ((h + 2 * a.padding - a.kernel) // a.stride + 1, (w + 2 * a.padding - a.kernel) // a.stride + 1)
         views = SHIFT_VIEWS if a.shift else 1
         return tokens_type(oh * ow, views * c * a.kernel * a.kernel, (oh, ow), 0)
