@@ -14,7 +14,10 @@ Tokens-to-Token ViT):
   head_dim = dim // num_heads from the INPUT width), proj D -> D, and v as its shortcut in
   place of the block's residual: v + proj(softmax(q kᵀ · scale) v) is the stream
   (`residual = False`). `token-lsa`: LSA's learnable temperature (starting at that
-  scale) and masked diagonal (-inf).
+  scale) and masked diagonal (-inf). The official code sizes each LSA mask from the image
+  size, (img/2)² and (img/4)² tokens in the token transformers and the final grid + 1 in
+  the backbone; those are the actual token counts wherever it runs, so here each mask is
+  sized by its input's tokens.
 * `t2t-attention heads H ...` / `t2t-lsa heads H ...`: the backbone's attention. The
   official backbone reuses the token transformer's Attention class, whose shortcut with
   more than one head is its own input, so its blocks compute x + (attn(n) + n) with
