@@ -33,9 +33,12 @@ def _soft_split(L: Lowering, node: Node, xs: list[str], ts: list[TensorType], ou
     if p:
         grid = g.op("Pad", grid, g.const([0, p, p, 0, 0, p, p, 0]))              # (B, H+2p, W+2p, C)
     oh, ow = node.out.grid
-    windows = [g.op("Unsqueeze", g.op("Slice", grid, g.const([i, j]), g.const([i + s * (oh - 1) + 1, j + s * (ow - 1) + 1]),
-                                      g.const([1, 2]), g.const([s, s])), g.const([4]))
-               for i in range(k) for j in range(k)]                               # (B, oh, ow, C, 1) each
+    windows = []
+    for i in range(k):
+        for j in range(k):  # kernel position (i, j) of every window
+            ends = g.const([i + s * (oh - 1) + 1, j + s * (ow - 1) + 1])
+            window = g.op("Slice", grid, g.const([i, j]), ends, g.const([1, 2]), g.const([s, s]))  # (B, oh, ow, C)
+            windows.append(g.op("Unsqueeze", window, g.const([4])))                             # (B, oh, ow, C, 1)
     cols = g.op("Concat", *windows, axis=4)                                      # (B, oh, ow, C, k k)
     return g.reshape(cols, [0, oh * ow, c * k * k], out=out)                     # (B, L, C k k)
 

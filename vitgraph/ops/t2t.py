@@ -145,7 +145,8 @@ class TokenAttention(OpDef):
     @classmethod
     def params(cls, node: Node, ins: list[TensorType]) -> dict[str, Param]:
         a, n = node.attrs, node.name
-        out = {**linear_params(f"{n}.qkv", ins[0].dim, 3 * a.dim, a.qkv_bias), **linear_params(f"{n}.proj", a.dim, a.dim)}
+        out = {**linear_params(f"{n}.qkv", ins[0].dim, 3 * a.dim, a.qkv_bias),
+               **linear_params(f"{n}.proj", a.dim, a.dim)}
         if a.lsa:
             out[f"{n}.temperature"] = Param((1,), a.scale)
         return out
