@@ -587,7 +587,7 @@ class Builder:
                 branches.append(Branch(b))
             elif op.role == "modifier":
                 modifiers.append(b)
-            elif not branches:
+            elif not branches or roles[branches[-1].mixer.word].role != "mixer":
                 raise SpecError(f"'{b.word}' joins the residual branch of the mixer before it, and there is none",
                                 b.word_span, ["expected it after a mixer, e.g. `mlp ratio 4; pool-branches 3x1`"])
             else:
