@@ -15,7 +15,7 @@ import numpy as np
 from vitgraph.ir import Node, TensorType
 from vitgraph.ops import t2t
 
-from ._onnx_lower import FOLDED, Lowering, _attention, onnx_lowering
+from ._onnx_lower import Lowering, _attention, onnx_lowering
 
 
 @onnx_lowering(t2t.SoftSplit)
@@ -48,11 +48,7 @@ def _token_attention(L: Lowering, node: Node, xs: list[str], ts: list[TensorType
     g, a, name = L.g, node.attrs, node.name
     d = a.dim
     scale = L.w[f"{name}.temperature"][0] if a.lsa else a.scale
-    rows = np.concatenate([np.full(d, scale), np.ones(2 * d)])
-    weight = L.w[f"{name}.qkv.weight"] * rows[:, None]
-    bias = L.w.get(f"{name}.qkv.bias")
-    b = None if bias is None else g.weight(f"{name}.qkv.bias{FOLDED}", bias * rows)
-    qkv = L.linear(xs[0], L.matrix(f"{name}.qkv.weight{FOLDED}", weight), b)     # (B, N, 3D)
+    qkv = L.scaled_linear(xs[0], f"{name}.qkv", np.concatenate([np.full(d, scale), np.ones(2 * d)]))  # (B, N, 3D)
     q, k, v = g.op_n("Split", [qkv, g.const([d] * 3)], 3, axis=-1)              # (B, N, D) each
     scores = g.op("MatMul", q, g.transpose(k, [0, 2, 1]))                       # (B, N, N)
     if a.lsa:  # a token's score with itself is masked out before the softmax
