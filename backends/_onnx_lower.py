@@ -436,6 +436,7 @@ def lower(graph: Graph, g: OnnxGraph, weights: Weights) -> Lowered:
     from . import _onnx_binary  # noqa: F401 - registers the binary transition
     from . import _onnx_swin  # noqa: F401 - registers Swin's ops
     from . import _onnx_cait  # noqa: F401 - registers CaiT's class attention and layer scale
+    from . import _onnx_t2t  # noqa: F401 - registers T2T's ops
 
     L = Lowering(graph, g, weights)
     for node in graph:

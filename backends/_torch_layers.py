@@ -63,15 +63,20 @@ def to_tokens(x: Tensor) -> Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-def shifted_patches(x: Tensor, patch: int) -> Tensor:
-    """SPT's input (official code, aanna0701/SPT_LSA_ViT models/SPT.py): the image and its
-    four diagonal half-patch shifts (zero padded), cut into p x p patches flattened as
-    (p1, p2, c). (B, C, H, W) -> (B, H/p * W/p, p*p*5C)."""
-    s = patch // 2
+def diagonal_shifts(x: Tensor, s: int) -> Tensor:
+    """The official PatchShifting (aanna0701/SPT_LSA_ViT models/SPT.py): x and its four
+    diagonal shifts by s (crops of the zero-padded x), concatenated on channels as
+    [x, left-up, right-up, left-down, right-down]. (B, C, H, W) -> (B, 5C, H, W)."""
     xp = F.pad(x, (s, s, s, s))  # (B, C, H+2s, W+2s)
     shifted = [x, xp[..., :-2 * s, :-2 * s], xp[..., :-2 * s, 2 * s:],
                xp[..., 2 * s:, :-2 * s], xp[..., 2 * s:, 2 * s:]]
-    x5 = torch.cat(shifted, dim=1)  # (B, 5C, H, W)
+    return torch.cat(shifted, dim=1)
+
+
+def shifted_patches(x: Tensor, patch: int) -> Tensor:
+    """SPT's input: the image and its four diagonal half-patch shifts, cut into p x p
+    patches flattened as (p1, p2, c). (B, C, H, W) -> (B, H/p * W/p, p*p*5C)."""
+    x5 = diagonal_shifts(x, patch // 2)  # (B, 5C, H, W)
     b, c5, h, w = x5.shape
     x5 = x5.reshape(b, c5, h // patch, patch, w // patch, patch)
     return x5.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c5)

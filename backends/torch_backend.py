@@ -47,6 +47,7 @@ from vitgraph.ops.tokens import TOKEN_KEYS, Tokens
 from . import _torch_layers  # noqa: F401 - registers the op modules
 from . import _torch_swin  # noqa: F401 - registers Swin's op modules
 from . import _torch_cait  # noqa: F401 - registers CaiT's op modules
+from . import _torch_t2t  # noqa: F401 - registers T2T's op modules
 from ._torch_registry import TORCH_LOWERINGS, lowering_for
 
 

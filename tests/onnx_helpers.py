@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import vitgraph
@@ -14,6 +15,12 @@ from spec_helpers import SPECS as ALL_SPECS
 from vitgraph.ir import Graph
 
 SPECS = [str(p) for p in ALL_SPECS]
+# The specs as test cases: those whose weights alone take minutes to export and check on two
+# cores (vit_large: 304M parameters, 1.2 GB as float32) run with -m slow only; their forms
+# are the DeiTs', which run by default.
+HEAVY_PARAMS = 100_000_000
+SPEC_CASES = [pytest.param(p, marks=pytest.mark.slow) if vitgraph.count(vitgraph.compile(p)).total.params > HEAVY_PARAMS
+              else p for p in SPECS]
 
 # A small BinaryViT-style pyramid with a binary stem (no spec in specs/ has one):
 # binary patchify, reduce 2, pool branches, binary merge, binary attention without reduce.

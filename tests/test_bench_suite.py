@@ -42,8 +42,8 @@ def test_every_run_of_every_suite_compiles(name):
 def test_suites_hold_what_the_issue_lists():
     small = S.load_suite("small-datasets", SPECS)
     assert small.datasets == ["cifar10", "cifar100", "svhn", "tiny-imagenet"]
-    assert set(small.specs) == {"vit", "sl_vit", "pit", "sl_pit", "swin", "sl_swin", "cait", "sl_cait", "deit_tiny",
-                                "binary_deit_small", "binaryvit"}
+    assert set(small.specs) == {"vit", "sl_vit", "pit", "sl_pit", "swin", "sl_swin", "cait", "sl_cait", "t2t",
+                                "sl_t2t", "deit_tiny", "binary_deit_small", "binaryvit"}
     assert S.load_suite("spt-lsa-ablation", SPECS).specs == ["vit", "vit_spt", "vit_lsa", "sl_vit", "swin", "sl_swin"]
     large = S.load_suite("large", SPECS)
     assert {"deit_base_distilled", "binary_deit_small_affine", "binaryvit_star"} <= set(large.specs)

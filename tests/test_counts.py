@@ -32,6 +32,17 @@ def test_distilled_params(spec: str, params: float) -> None:
     assert near(vitgraph.count(vitgraph.compile(f"specs/{spec}.vg")).total.params, params)
 
 
+@pytest.mark.parametrize("spec,patch,params,macs", [
+    ("vit_large", 16, 304.33e6, 61.6e9), ("deit_base", 32, 88.22e6, 4.41e9), ("deit_small", 32, 22.88e6, 1.15e9)])
+def test_augreg_sweep_sizes(spec: str, patch: int, params: float, macs: float) -> None:
+    """AugReg's ViT-L/16 and the /32 models of its size sweep (`--set patch=32`), against
+    timm's vit_large_patch16_224, vit_base_patch32_224, vit_small_patch32_224 (parameters
+    as counted on timm's models, 304,326,632, 88,224,232 and 22,878,952; MACs as timm's
+    table gives them, attention matmuls included)."""
+    t = vitgraph.count(vitgraph.compile(f"specs/{spec}.vg", patch=patch)).total
+    assert near(t.params, params, 1e-4) and near(t.macs, macs), t
+
+
 @pytest.mark.parametrize("spec,macs", [("vit", 189.8e6), ("sl_vit", 199.2e6)])
 def test_small_dataset_vits_at_64px(spec: str, macs: float) -> None:
     t = vitgraph.count(vitgraph.compile(f"specs/{spec}.vg", image=64, patch=8, classes=200)).total

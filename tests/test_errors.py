@@ -117,6 +117,13 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     "stage_without_downsample": ({"main.vg": pyramid().replace(" downsample merge", "")}, []),
     "token_head_without_cls": ({"main.vg": vit(tokens="")}, []),
     "distill_head_without_distill_token": ({"main.vg": vit(head="token+distill")}, []),
+    "soft_split_of_class_tokens": ({"main.vg": vit(stem="soft-split 3 stride 2 padding 1",
+                                                   extra="; soft-split 3 stride 2 padding 1")}, []),
+    "soft_split_padding_not_whole": ({"main.vg": vit(stem="soft-split 3 stride 2 padding 0.5")}, []),
+    "soft_split_kernel_larger_than_input": ({"main.vg": vit(stem="soft-split 40 stride 2")}, []),
+    "parallel_word_after_soft_split": ({"main.vg": vit(stem="soft-split 3 stride 2 padding 1", tokens="", head="gap",
+                                                       extra="; soft-split 3 stride 2 padding 1; pool-branches 3x1")},
+                                       []),
     # files, models and overrides
     "use_unknown_file": ({"main.vg": 'use "vitt.vg"\n' + vit(), "vit.vg": vit()}, []),
     "extends_unknown_model": ({"main.vg": vit().replace("model m {", "model m extends vitt {")}, []),

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 import vitgraph
-from onnx_helpers import SPECS, TINY_BINARY, TINY_FP, small_graph, torch_module
+from onnx_helpers import SPEC_CASES, SPECS, TINY_BINARY, TINY_FP, small_graph, torch_module
 from vitgraph.backends.onnx_backend import (IMAGENET_MEAN, IMAGENET_STD, make_session, packed_sizes, preprocessing,
                                             summary, to_onnx)
 from vitgraph.backends._onnx_graph import initial_state
@@ -56,7 +56,7 @@ def _assert_shapes_agree(graph: Graph, model: onnx.ModelProto, inferred: onnx.Mo
         assert shapes.get(values[node.name]) == want, f"{node.name} ({values[node.name]})"
 
 
-@pytest.mark.parametrize("path", SPECS + ["TINY_FP", "TINY_BINARY"], ids=lambda p: p.rsplit("/", 1)[-1])
+@pytest.mark.parametrize("path", SPEC_CASES + ["TINY_FP", "TINY_BINARY"], ids=lambda p: p.rsplit("/", 1)[-1])
 def test_every_spec_passes_the_checker_and_shape_inference(path: str) -> None:
     """Standard ops: ONNX's own strict shape inference; with onnxruntime's fused kernels
     (which ONNX does not know): onnxruntime's symbolic shape inference. Either way every

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import vitgraph
-from onnx_helpers import SPECS, TINY_BINARY, TINY_FP, is_binary, relative_error, small_graph, torch_module
+from onnx_helpers import SPEC_CASES, SPECS, TINY_BINARY, TINY_FP, is_binary, relative_error, small_graph, torch_module
 from vitgraph.backends.onnx_backend import make_session, to_onnx
 
 TOLERANCE = 1e-4
@@ -44,7 +44,7 @@ def _outputs(graph: vitgraph.Graph, dtype: torch.dtype, fused: tuple[bool, ...],
     return want, got
 
 
-@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.rsplit("/", 1)[-1])
+@pytest.mark.parametrize("path", SPEC_CASES, ids=lambda p: p.rsplit("/", 1)[-1])
 def test_every_spec_matches_torch(path: str) -> None:
     graph = small_graph(path)
     binary = is_binary(graph)

@@ -9,7 +9,8 @@ position embeddings, head, ...), `blocks N { ... }` and `stage D depth N { ... }
 block body is a sequence too: each mixer (attention, mlp, ...) is one pre-norm residual
 branch, norm -> mixer -> modifiers -> drop-path -> add; modifiers (affine-residual, ...)
 apply to every branch of the block; a parallel word (pool-branches) adds a branch beside
-the mixer before it. Inside a body, `index` is the block's position in its statement.
+the mixer before it; a layer word marked `in_blocks` (T2T's soft split) applies to the
+stream where it stands. Inside a body, `index` is the block's position in its statement.
 """
 from __future__ import annotations
 
@@ -58,6 +59,13 @@ def structure_schemas() -> dict[str, Schema]:
 STRUCTURES = ("blocks", "stage")
 MAX_BLOCKS = 1000  # blocks of one statement (the deepest models in the papers have 48)
 BODY_ROLES = ("mixer", "modifier", "parallel")
+
+
+def body_words() -> dict[str, type[OpDef]]:
+    """The words of a block body: mixers, modifiers, parallel branches, and the layers that
+    may also stand there (`in_blocks`: applied to the stream where written)."""
+    words = {w: op for role in BODY_ROLES for w, op in words_of(role).items()}
+    return words | {w: op for w, op in words_of("layer").items() if op.in_blocks}
 
 
 def is_patch(stmt: Stmt) -> bool:
@@ -421,7 +429,7 @@ class Builder:
 
     def _check_layout(self, layers: list[Stmt], model_span: Span) -> None:
         model_words = words_of("layer")
-        body_words = {w: op for role in BODY_ROLES for w, op in words_of(role).items()}
+        in_body = body_words()
         once: dict[str, Stmt] = {}
         for s in layers:
             if s.word in STRUCTURES:
@@ -431,7 +439,7 @@ class Builder:
                                     [f"expected `{structure_schemas()[s.word].usage}`"])
                 continue
             if s.word not in model_words:
-                if s.word in body_words:
+                if s.word in in_body:
                     raise SpecError(f"'{s.word}' belongs inside a blocks or stage body", s.word_span,
                                     [f"expected `blocks N {{ {s.word} ... }}`"])
                 known = list(model_words) + list(SETTINGS) + list(STRUCTURES)
@@ -561,7 +569,7 @@ class Builder:
     # -- blocks ----------------------------------------------------------------------------
     def _branches(self, s: Stmt) -> tuple[list[Branch], list[Stmt]]:
         """A block body as its residual branches (in order) and its modifiers."""
-        roles = {w: op for role in BODY_ROLES for w, op in words_of(role).items()}
+        roles = body_words()
         branches: list[Branch] = []
         modifiers: list[Stmt] = []
         first: dict[str, Stmt] = {}
@@ -575,11 +583,11 @@ class Builder:
             if slot in first:
                 raise SpecError(f"'{b.word}' is given twice in this block", b.word_span, [f"first at {first[slot].span}"])
             first[slot] = b
-            if op.role == "mixer":
+            if op.role in ("mixer", "layer"):
                 branches.append(Branch(b))
             elif op.role == "modifier":
                 modifiers.append(b)
-            elif not branches:
+            elif not branches or roles[branches[-1].mixer.word].role != "mixer":
                 raise SpecError(f"'{b.word}' joins the residual branch of the mixer before it, and there is none",
                                 b.word_span, ["expected it after a mixer, e.g. `mlp ratio 4; pool-branches 3x1`"])
             else:
@@ -600,6 +608,10 @@ class Builder:
             norm = NormAttrs(self.settings.norm, self.settings.eps)
             for k, br in enumerate(branches, start=1):
                 op = WORDS[br.mixer.word]
+                if op.role == "layer":  # a layer in the body (T2T's soft split): on the stream, no norm or residual
+                    attrs = self._resolve(op, br.mixer, match(br.mixer, op.words[br.mixer.word], env), [self.g.node(x).out])
+                    x = self.g.add(op, f"{p}.{op.key}", (x,), attrs, p, stage, br.mixer.span)
+                    continue
                 h = self.g.add(Norm, f"{p}.norm{k}", (x,), norm, p, stage, br.mixer.span)
                 inputs = (h, x) if op.reads_stream else (h,)
                 attrs = self._resolve(op, br.mixer, match(br.mixer, op.words[br.mixer.word], env),

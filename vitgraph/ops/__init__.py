@@ -191,6 +191,7 @@ class OpDef:
     binary_forms: ClassVar[frozenset[str]] = frozenset()  # what of it can be binary
     per_token: ClassVar[bool] = False  # each output token depends on its own input token only
     once: ClassVar[bool] = False       # at most once per model
+    in_blocks: ClassVar[bool] = False  # a layer word that may also stand in a block body (T2T's soft split)
     # mixers: `residual` False means the op's output replaces the stream (it carries its own
     # shortcut, as T2T's token attention); `reads_stream` means it also reads the block's
     # un-normalised stream (its inputs are then (normed, stream))
@@ -342,3 +343,4 @@ from . import (input, patchify, shift_tokenize, tokens, pos_embed, norm, attenti
                mlp, pool_branches, affine, drop_path, add, downsample, head, slice)
 from . import window_attention, patch_merge  # noqa: E402,F401 - Swin
 from . import class_attention, layer_scale  # noqa: E402,F401 - CaiT
+from . import t2t  # noqa: E402,F401
