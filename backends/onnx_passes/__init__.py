@@ -66,6 +66,7 @@ class Export:
     fused: bool = False                           # onnxruntime's com.microsoft kernels allowed
     inputs: tuple[onnx.ValueInfoProto, ...] = ()  # the graph's inputs (for shape inference)
     notes: dict[str, str] = field(default_factory=dict)  # metadata the passes add to the model
+    _taken: set[str] | None = field(default=None, init=False, repr=False)
 
     # -- reading ------------------------------------------------------------------------
     def producers(self) -> dict[str, onnx.NodeProto]:
@@ -97,17 +98,21 @@ class Export:
 
     # -- writing ------------------------------------------------------------------------
     def unique(self, name: str) -> str:
-        """`name`, or `name:k` for the first k that no initializer or value uses."""
-        taken = set(self.g.initializers) | {o for n in self.g.nodes for o in n.output}
-        if name not in taken:
-            return name
-        k = 1
-        while f"{name}:{k}" in taken:
+        """`name`, or `name:k` for the first k that no initializer or value uses. The names
+        seen are kept in a set that only grows (put, initializer and unique add to it)."""
+        if self._taken is None:
+            self._taken = set(self.g.initializers) | {o for n in self.g.nodes for o in n.output}
+        out, k = name, 0
+        while out in self._taken or out in self.g.initializers:
             k += 1
-        return f"{name}:{k}"
+            out = f"{name}:{k}"
+        self._taken.add(out)
+        return out
 
     def initializer(self, name: str, array: np.ndarray) -> str:
         self.g.initializers[name] = numpy_helper.from_array(np.asarray(array, order="C"), name)  # 0-d stays 0-d
+        if self._taken is not None:
+            self._taken.add(name)
         return name
 
     def float_initializer(self, name: str, array: np.ndarray) -> str:
@@ -129,6 +134,8 @@ class Export:
 
     def put(self, at: int, new: list[onnx.NodeProto]) -> None:
         self.g.nodes[at:at] = new
+        if self._taken is not None:
+            self._taken.update(o for n in new for o in n.output)
 
     def node(self, op_type: str, inputs: list[str], outputs: list[str], scope: str, domain: str = "",
              **attrs: object) -> onnx.NodeProto:

@@ -48,8 +48,8 @@ class Signed:
     layout: tuple[onnx.NodeProto, ...]
 
 
-def _signed(ex: Export, value: str) -> Signed | None:
-    producers, chain = ex.producers(), []
+def _signed(r: "Rewriter", value: str) -> Signed | None:
+    producers, chain = r.writer, []
     node = producers.get(value)
     while node is not None and node.op_type in LAYOUT:
         chain.append(node)
@@ -80,6 +80,9 @@ class Rewriter:
         self.ex, self.g = ex, ex.g
         self.cache: dict[tuple[str, str], str] = {}
         self.forms: dict[str, str] = {}
+        # who writes and reads each value of the graph as it was: a rewrite replaces a
+        # product's own nodes only, so the other products still match as they did
+        self.writer, self.users = ex.producers(), ex.consumers()
 
     def const(self, value: float | list[float], dtype: np.dtype | type) -> str:
         return self.g.const(value, dtype)
@@ -111,8 +114,8 @@ class Rewriter:
         return self.cache[key]
 
     def operand(self, s: Signed, kind: str, new: list[onnx.NodeProto]) -> str:
-        """The operand re-laid out from the quantized Sign (the float layout nodes are
-        dropped where nothing else reads them)."""
+        """The operand re-laid out from the quantized Sign (the float layout nodes and
+        the Sign are swept once nothing reads them)."""
         value = self._quantized(s.sign, kind, new)
         for node in s.layout:
             out = self.ex.unique(f"{node.output[0]}:{kind}")
@@ -148,9 +151,9 @@ class Rewriter:
             new.append(ex.node("Add", [real, bias], [out], scope))
 
 
-def _sole_user(ex: Export, value: str, op: str) -> onnx.NodeProto | None:
-    users = ex.consumers().get(value, [])
-    return users[0] if len(users) == 1 and users[0].op_type == op and value not in ex.outputs else None
+def _sole_user(r: "Rewriter", value: str, op: str) -> onnx.NodeProto | None:
+    users = r.users.get(value, [])
+    return users[0] if len(users) == 1 and users[0].op_type == op and value not in r.ex.outputs else None
 
 
 def _const_input(ex: Export, node: onnx.NodeProto, other: str) -> str | None:
@@ -159,25 +162,17 @@ def _const_input(ex: Export, node: onnx.NodeProto, other: str) -> str | None:
     return rest[0] if len(rest) == 1 and ex.constant(rest[0]) is not None else None
 
 
-def _drop_layout(ex: Export, s: Signed, keep: set[int]) -> None:
-    """Remove the float layout nodes of a rewritten operand that nothing else reads."""
-    for node in reversed(s.layout):
-        if id(node) in keep or ex.consumers().get(node.output[0]):
-            return
-        ex.take([node], drop_initializers=False)
-
-
 def _linear(r: Rewriter, mm: onnx.NodeProto, keys: set[str]) -> str | None:
     """A binary layer: MatMul(re-laid-out Sign, binary weight) [+ bias]."""
     ex = r.ex
-    s, found = _signed(ex, mm.input[0]), binary_weight(ex, mm.input[1], keys)
+    s, found = _signed(r, mm.input[0]), binary_weight(ex, mm.input[1], keys)
     if s is None or found is None:
         return None
     signs, scale = found
     k, n = signs.shape
     if not ex.fused and k * n < INTEGER_MIN_WEIGHT:
         return f"float MatMul ({k}x{n} weight: integer measured slower in standard ops)"
-    add = _sole_user(ex, mm.output[0], "Add")
+    add = _sole_user(r, mm.output[0], "Add")
     bias = _const_input(ex, add, mm.output[0]) if add is not None else None
     if bias is not None and ex.constant(bias).ndim != 1:
         bias = None
@@ -191,14 +186,13 @@ def _linear(r: Rewriter, mm: onnx.NodeProto, keys: set[str]) -> str | None:
     at = ex.take(old, drop_initializers=False)
     r.product(a, w, 1, None, c, bias if ex.fused else None, out, scope, new)
     ex.put(at, new)
-    _drop_layout(ex, s, set())
     return f"integer {'MatMulIntegerToFloat' if ex.fused else 'MatMulInteger'} u8 x s8 ({k}x{n} weight)"
 
 
-def _levels(ex: Export, p: str) -> tuple[list[onnx.NodeProto], str, str] | None:
+def _levels(r: "Rewriter", p: str) -> tuple[list[onnx.NodeProto], str, str] | None:
     """Quantized probabilities Mul(Clip(Round(Div(p, alpha)), 0, 1), alpha): (their nodes,
     the softmax output, alpha)."""
-    producers = ex.producers()
+    ex, producers = r.ex, r.writer
     mul = producers.get(p)
     clip = producers.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
     rnd = producers.get(clip.input[0]) if clip is not None and clip.op_type == "Clip" else None
@@ -230,14 +224,14 @@ def _attention(r: Rewriter, mm: onnx.NodeProto) -> str | None:
     """Q.K^T of two re-laid-out Signs (times the score scale), or P.V of quantized
     probabilities and a re-laid-out Sign."""
     ex = r.ex
-    right = _signed(ex, mm.input[1])
+    right = _signed(r, mm.input[1])
     if right is None or ex.constant(mm.input[1]) is not None:
         return None
     scope = mm.name.rsplit("/", 1)[0]
     new: list[onnx.NodeProto] = []
-    left = _signed(ex, mm.input[0])
+    left = _signed(r, mm.input[0])
     if left is not None:  # Q.K^T
-        mul = _sole_user(ex, mm.output[0], "Mul")
+        mul = _sole_user(r, mm.output[0], "Mul")
         scale = _const_input(ex, mul, mm.output[0]) if mul is not None else None
         if scale is not None and ex.constant(scale).size != 1:
             scale = None
@@ -248,21 +242,18 @@ def _attention(r: Rewriter, mm: onnx.NodeProto) -> str | None:
         at = ex.take(old, drop_initializers=False)
         r.product(a, b, 1, scale if ex.fused else None, None, None, out, scope, new)
         ex.put(at, new)
-        _drop_layout(ex, left, set())
-        _drop_layout(ex, right, set())
         return "integer Q.K^T u8 x s8"
-    levels = _levels(ex, mm.input[0])
+    levels = _levels(r, mm.input[0])
     if levels is None:
         return None
     nodes, p, alpha = levels
     a = _probabilities(r, nodes, p, alpha, new)
     b = r.operand(right, "s8", new)
     drop = nodes if ex.fused or r.g.dtype == np.float32 else [nodes[-1]]
-    drop = [n for n in drop if n is nodes[-1] or len(ex.consumers().get(n.output[0], [])) == 1]
+    drop = [n for n in drop if n is nodes[-1] or len(r.users.get(n.output[0], [])) == 1]
     at = ex.take(drop + [mm], drop_initializers=False)
     r.product(a, b, 0, alpha, None, None, mm.output[0], scope, new)
     ex.put(at, new)
-    _drop_layout(ex, right, set())
     return "integer P.V u8 x s8"
 
 

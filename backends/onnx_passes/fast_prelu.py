@@ -15,9 +15,9 @@ import onnx
 from . import Export
 
 
-def _match(ex: Export, where: onnx.NodeProto) -> tuple[str, onnx.NodeProto, onnx.NodeProto, np.ndarray] | None:
+def _match(ex: Export, where: onnx.NodeProto, producers: dict[str, onnx.NodeProto]
+           ) -> tuple[str, onnx.NodeProto, onnx.NodeProto, np.ndarray] | None:
     """(y, Greater, Mul, slope) when `where` is where(y > 0, y, y * slope)."""
-    producers = ex.producers()
     gt, mul = producers.get(where.input[0]), producers.get(where.input[2])
     y = where.input[1]
     if gt is None or mul is None or gt.op_type != "Greater" or mul.op_type != "Mul" or list(gt.input)[0] != y:
@@ -33,12 +33,12 @@ def _match(ex: Export, where: onnx.NodeProto) -> tuple[str, onnx.NodeProto, onnx
 
 def run(ex: Export) -> list[str]:
     counts = {"Max": 0, "Min": 0, "mixed": 0}
+    producers, consumers = ex.producers(), ex.consumers()  # each match's nodes are its own
     for where in [n for n in ex.g.nodes if n.op_type == "Where"]:
-        found = _match(ex, where)
+        found = _match(ex, where, producers)
         if found is None:
             continue
         y, gt, mul, slope = found
-        consumers = ex.consumers()
         scope, out = where.name.rsplit("/", 1)[0], where.output[0]
         old = [where] + [n for n in (gt, mul) if len(consumers[n.output[0]]) == 1]
         at = ex.take(old, drop_initializers=False)

@@ -18,13 +18,14 @@ that a constant moved across no longer holds the IR node's output and leaves the
 export's map of IR values. Rounding: (x + a) + b becomes x + (a + b), a + b in float64."""
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 import onnx
 
 from . import Export, base_name
 
 FOLDED = ":folded"
-
 
 
 def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
@@ -35,19 +36,33 @@ def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
 
 
 class Sinker:
+    """The pass's state: shapes, and an index of the graph kept up to date as it
+    rewrites (who reads and who writes each value, new nodes to put after a node, dead
+    nodes), so that each step costs what it touches, not the whole graph."""
+
     def __init__(self, ex: Export) -> None:
         self.ex = ex
         self.shapes = ex.shapes()
         self.moved = self.merged = self.placed = 0
+        self.users = ex.consumers()
+        self.writer = ex.producers()
+        self.after: dict[int, list[onnx.NodeProto]] = {}
+        self.dead: set[int] = set()
+        self.consts: dict[str, np.ndarray | None] = {}
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name not in self.consts:
+            self.consts[name] = self.ex.constant(name)
+        return self.consts[name]
 
     # -- what is an offset, and how it maps through a reader ------------------------------
     def offset(self, node: onnx.NodeProto) -> tuple[str, np.ndarray] | None:
         """(x, c) when node is Add(x, c): c a float constant per channel (over x's last
         dim, or a scalar; over the last two after a split into channel groups) that
         does not change x's shape."""
-        if node.op_type != "Add" or len(node.input) != 2:
+        if node.op_type != "Add" or len(node.input) != 2 or id(node) in self.dead:
             return None
-        consts = [self.ex.constant(i) for i in node.input]
+        consts = [self.const(i) for i in node.input]
         if (consts[0] is None) == (consts[1] is None):
             return None
         k = 0 if consts[0] is not None else 1
@@ -77,7 +92,7 @@ class Sinker:
         if op in ("Add", "Sum"):
             return c * node.input[:].count(value)
         if op == "Mul" and node.input[:].count(value) == 1:
-            a = ex.constant(node.input[1] if node.input[0] == value else node.input[0])
+            a = self.const(node.input[1] if node.input[0] == value else node.input[0])
             if a is None or a.dtype.kind != "f" or np.prod(a.shape[:-1]) != 1 or (c.ndim == 2 and a.size > 1):
                 return None
             return c * a.reshape(-1) if a.ndim else c * a
@@ -85,7 +100,7 @@ class Sinker:
             return None
         trailing = c.ndim  # the dims c spans, counted from the end
         if op == "Reshape":
-            target = ex.constant(node.input[1])
+            target = self.const(node.input[1])
             if c.size == 1:
                 return c.reshape(())
             if trailing == 1 and target[-1] == c.size:
@@ -99,7 +114,7 @@ class Sinker:
         if op in ("Expand", "Unsqueeze", "Slice"):
             if op == "Slice" and len(node.input) < 4:
                 return None
-            axes = np.array([], np.int64) if op == "Expand" else ex.constant(node.input[1 if op == "Unsqueeze" else 3])
+            axes = np.array([], np.int64) if op == "Expand" else self.const(node.input[1 if op == "Unsqueeze" else 3])
             rank = r_out if op == "Unsqueeze" else r_in
             if axes is None:
                 return None
@@ -115,7 +130,7 @@ class Sinker:
             if len(inside) != len(axes):
                 return None
             return c.mean(axis=tuple(inside), keepdims=bool(keep))
-        if op == "MatMul" and trailing == 1 and (w := ex.constant(node.input[1])) is not None and w.ndim == 2:
+        if op == "MatMul" and trailing == 1 and (w := self.const(node.input[1])) is not None and w.ndim == 2:
             return c.astype(np.float64) @ w.astype(np.float64)
         return None
 
@@ -130,17 +145,35 @@ class Sinker:
         shared constant named by value."""
         ex = self.ex
         if merged_into and not merged_into.startswith("const/"):
-            return ex.float_initializer(ex.unique(base_name(merged_into) + FOLDED), c)
-        return ex.g.const(c, ex.g.dtype)
+            name = ex.float_initializer(self.ex.unique(base_name(merged_into) + FOLDED), c)
+        else:
+            name = ex.g.const(c, ex.g.dtype)
+        return name
 
-    def add_after(self, node: onnx.NodeProto, c: np.ndarray) -> None:
+    def rewire(self, node: onnx.NodeProto, old: str, new: str) -> None:
+        node.input[:] = [new if i == old else i for i in node.input]
+        self.users[old] = [u for u in self.users.get(old, []) if u is not node]
+        self.users.setdefault(new, []).append(node)
+
+    def remove(self, node: onnx.NodeProto) -> None:
+        self.dead.add(id(node))
+        for i in node.input:
+            self.users[i] = [u for u in self.users.get(i, []) if u is not node]
+        self.ex.g.release_name(node.name)
+
+    def add_after(self, node: onnx.NodeProto, c: np.ndarray) -> onnx.NodeProto:
         """node's output becomes node's result + c, by a new Add under node's name."""
         ex, value = self.ex, node.output[0]
-        raw = ex.unique(value.split(":")[0] + ":unshifted")
+        raw = self.ex.unique(value.split(":")[0] + ":unshifted")
         node.output[0] = raw
         self.shapes[raw] = self.shapes[value]
-        add = ex.node("Add", [raw, self.constant(c)], [value], node.name.rsplit("/", 1)[0])
-        ex.put(ex.g.nodes.index(node) + 1, [add])
+        const = self.constant(c)
+        add = ex.node("Add", [raw, const], [value], node.name.rsplit("/", 1)[0])
+        self.writer[raw], self.writer[value] = node, add
+        self.users[raw] = [add]
+        self.users.setdefault(const, []).append(add)
+        self.after.setdefault(id(node), []).insert(0, add)   # before any Add put there earlier
+        return add
 
     def merge(self, node: onnx.NodeProto, c: np.ndarray) -> bool:
         """Add c to the constant of `node` if node is itself an offset with room for it."""
@@ -151,47 +184,52 @@ class Sinker:
         total = found[1].astype(np.float64) + c
         if total.ndim > (self.rank(found[0]) or 0):
             return False
-        node.input[k] = self.constant(total, node.input[k])
+        old = node.input[k]
+        self.rewire(node, old, self.constant(total, old))
         self.merged += 1
         return True
 
-    def push(self, add: onnx.NodeProto) -> bool:
-        ex = self.ex
+    def push(self, add: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """Move add's constant past its readers; the Adds to look at again."""
         found = self.offset(add)
         out = add.output[0]
-        if found is None or out in ex.outputs:
-            return False
+        if found is None or out in self.ex.outputs:
+            return []
         x, c = found
-        readers = ex.consumers().get(out, [])
+        readers = list(self.users.get(out, []))
         mapped = [self.through(node, out, c) for node in readers]
         if not readers or any(m is None for m in mapped):
-            return False
-        ex.take([add], drop_initializers=False)
+            return []
+        self.remove(add)
         self.forget(out)
+        again = [self.writer[x]] if x in self.writer else []
         for node, m in zip(readers, mapped):
-            node.input[:] = [x if i == out else i for i in node.input]
-            if np.any(m) and not self.merge(node, m):
-                self.add_after(node, m)
+            self.rewire(node, out, x)
+            if not np.any(m):
+                continue
+            if self.merge(node, m):
+                again.append(node)
+            else:
+                again.append(self.add_after(node, m))
         self.moved += 1
-        return True
+        return again
 
     def place(self, add: onnx.NodeProto) -> bool:
         """Add(MatMul(..) + y, c) -> Add(MatMul(..), c) + y, where the MatMul is read once."""
-        ex = self.ex
         found = self.offset(add)
         if found is None:
             return False
         s, c = found
-        producers, consumers = ex.producers(), ex.consumers()
-        total = producers.get(s)
-        if total is None or total.op_type not in ("Add", "Sum") or len(consumers.get(s, [])) != 1 or c.ndim > 1:
+        total = self.writer.get(s)
+        if total is None or total.op_type not in ("Add", "Sum") or len(self.users.get(s, [])) != 1 or c.ndim > 1:
             return False
         for i in total.input:
-            mm = producers.get(i)
-            if mm is not None and mm.op_type == "MatMul" and len(consumers.get(i, [])) == 1 \
-                    and total.input[:].count(i) == 1 and ex.constant(mm.input[1]) is not None:
-                ex.take([add], drop_initializers=False)
+            mm = self.writer.get(i)
+            if mm is not None and mm.op_type == "MatMul" and len(self.users.get(i, [])) == 1 \
+                    and total.input[:].count(i) == 1 and self.const(mm.input[1]) is not None:
+                self.remove(add)
                 total.output[0] = add.output[0]
+                self.writer[total.output[0]] = total
                 self.forget(s)
                 self.forget(i)
                 self.add_after(mm, c)
@@ -199,13 +237,28 @@ class Sinker:
                 return True
         return False
 
-    def repeat(self, step: str) -> None:
-        changed = True
-        while changed:
-            changed = False
-            for node in [n for n in self.ex.g.nodes if n.op_type == "Add"]:
-                if any(n is node for n in self.ex.g.nodes) and getattr(self, step)(node):
-                    changed = True
+    def sink(self) -> None:
+        work = deque(n for n in self.ex.g.nodes if n.op_type == "Add")
+        while work:
+            node = work.popleft()
+            work.extend(n for n in self.push(node) if n.op_type == "Add")
+        while any(self.place(n) for n in self.alive() if n.op_type == "Add"):
+            pass
+        self.ex.g.nodes[:] = self.alive()
+
+    def alive(self) -> list[onnx.NodeProto]:
+        """The nodes in order, the new ones after the node they follow, the dead left out."""
+        out: list[onnx.NodeProto] = []
+
+        def emit(node: onnx.NodeProto) -> None:
+            if id(node) not in self.dead:
+                out.append(node)
+            for new in self.after.get(id(node), []):
+                emit(new)
+
+        for node in self.ex.g.nodes:
+            emit(node)
+        return out
 
 
 def run(ex: Export) -> list[str]:
@@ -213,8 +266,7 @@ def run(ex: Export) -> list[str]:
     if not s.shapes:
         return []
     before = sum(1 for n in ex.g.nodes if s.offset(n) is not None)
-    s.repeat("push")
-    s.repeat("place")
+    s.sink()
     ex.prune()
     after = sum(1 for n in ex.g.nodes if s.offset(n) is not None)
     if not s.moved:
