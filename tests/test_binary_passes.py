@@ -14,11 +14,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import vitgraph
-from onnx_helpers import SPECS, small_graph, torch_module
+from onnx_helpers import SPECS, TINY_BINARY, TINY_FP, small_graph, torch_module
 from vitgraph.backends._onnx_graph import OnnxGraph
 from vitgraph.backends.onnx_backend import make_session, to_onnx
 from vitgraph.backends.onnx_passes import Export, run_passes
-from vitgraph.backends.onnx_passes.binary_matmul import INTEGER_MIN_WEIGHT
 from vitgraph.ops import param_specs
 from vitgraph.ops.attention import Attention
 from vitgraph.ops.pool_branches import PoolBranches
@@ -166,19 +165,17 @@ def _binary_linear(k: int, n: int, key: str) -> tuple[list[onnx.NodeProto], dict
     return nodes, inits
 
 
-def _binary_key(min_entries: int) -> tuple[str, int, int]:
-    """A binary linear weight of the IR with at least `min_entries` entries: key, in, out."""
-    for key, p in param_specs(BINARYVIT).items():
-        if p.binary and len(p.shape) == 2 and p.shape[0] * p.shape[1] >= min_entries:
-            return key, p.shape[1], p.shape[0]
-    raise AssertionError("no such weight")
+def _binary_key() -> tuple[str, int, int]:
+    """The first binary linear weight of the IR: key, in, out."""
+    key, p = next((key, p) for key, p in param_specs(BINARYVIT).items() if p.binary and len(p.shape) == 2)
+    return key, p.shape[1], p.shape[0]
 
 
 @pytest.mark.parametrize("fused,dtype,op", [(True, np.float32, "MatMulIntegerToFloat"),
                                             (False, np.float32, "MatMulInteger"),
                                             (False, np.float64, "MatMulInteger")])
 def test_binary_matmul_sums_exactly_in_integers(fused: bool, dtype: type, op: str) -> None:
-    key, k, n = _binary_key(INTEGER_MIN_WEIGHT)
+    key, k, n = _binary_key()
     nodes, inits = _binary_linear(k, n, key)
     x = _inputs((2, 3, k), dtype)
     ex = _export(nodes, inits, {"x": [2, 3, k]}, dtype=dtype, fused=fused)
@@ -193,22 +190,6 @@ def test_binary_matmul_sums_exactly_in_integers(fused: bool, dtype: type, op: st
     w = inits[f"{key}:folded"].astype(dtype)
     exact = (np.sign(x.astype(np.float64)) @ np.sign(w)).astype(dtype) * np.abs(w).max(0) + inits["b"].astype(dtype)
     np.testing.assert_allclose(got, exact, rtol=2 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps * np.abs(exact).max())
-
-
-def test_binary_matmul_keeps_small_weights_float_in_standard_ops() -> None:
-    """The measured rule: in standard ops, MatMulInteger + Cast + Mul was slower than the
-    float MatMul for weights under 128 x 128 (64 x 64 here); onnxruntime's fused kernel
-    was faster at every shape."""
-    key, k, n = next((key, s[1], s[0]) for key, s in ((key, p.shape) for key, p in param_specs(BINARYVIT).items()
-                                                       if p.binary and len(p.shape) == 2)
-                     if s[0] * s[1] < INTEGER_MIN_WEIGHT)
-    nodes, inits = _binary_linear(k, n, key)
-    standard = _export(nodes, inits, {"x": [2, 3, k]})
-    assert run_passes(standard, ("binary_matmul",)) == ["binary_matmul: 1 binary products: 1 float MatMul"]
-    assert "MatMul" in _ops(standard)
-    fused = _export(nodes, inits, {"x": [2, 3, k]}, fused=True)
-    run_passes(fused, ("binary_matmul",))
-    assert "MatMulIntegerToFloat" in _ops(fused)
 
 
 # -- pack_binary ------------------------------------------------------------------------------
@@ -296,3 +277,19 @@ def test_deployed_sizes_at_full_size(tmp_path: Path) -> None:
             sizes[spec, binary] = path.stat().st_size
     assert sizes["binaryvit", True] <= 10_000_000
     assert sizes["binary_deit_small", True] <= sizes["binary_deit_small", False] / 8
+
+
+def test_harness_measures_binary_specs_as_deployed(tmp_path: Path) -> None:
+    """The harness's CPU latency exports a binary spec's checkpoint in the deployed form
+    and records it; a full-precision spec's as float."""
+    import torch
+
+    from vitgraph.benchmarks.harness import onnx_cpu_speed
+    from vitgraph.benchmarks.suite import Measure
+
+    for text, want in ((TINY_BINARY, "binary"), (TINY_FP, "float")):
+        graph = vitgraph.compile(text)
+        path = tmp_path / f"{want}.pt"
+        torch.save({"model": torch_module(graph).state_dict()}, path)
+        figures = onnx_cpu_speed(graph, path, Measure(batch=2, warmup=0, repeats=1))
+        assert figures["form"] == want and figures["latency_ms"]["median"] > 0

@@ -13,14 +13,16 @@ quantized by QuantizeLinear in float32 (float32-only in opset 17) and Add(1) -> 
 float64.
 
 Which form each product gets was measured on this machine's CPU (AMD EPYC Zen 4 with
-AVX-512 VNNI, onnxruntime 1.32, 1 and 2 threads, batch 1 and 16, every linear shape of
-binaryvit and binary_deit_small: `python -m vitgraph.benchmarks.binary_kernels`): the
-fused integer form ran 1.05-3.4x faster than the float MatMul (Sign included on both
-sides) on every shape, so every product gets it; the standard-ops integer form
-(MatMulInteger + Cast + Mul + Add) ran 0.90-1.08x on the 64x64 weights and 1.17-3.0x on
-every weight of 128x128 entries or more, so in standard ops a linear layer is integer
-when its weight has at least INTEGER_MIN_WEIGHT entries. The attention products ran
-1.1-2.2x faster as integers in every measured shape. The form of each product is in the
+AVX-512 VNNI, onnxruntime 1.32; every linear and attention shape of binaryvit and
+binary_deit_small at 224 px, batch 1 and 16, 1 and 2 threads, each form from float
+activations: `python -m vitgraph.benchmarks.binary_kernels`, results in
+benchmarks/results/binary_kernels_amd-epyc.md). Against the float MatMul on Sign
+activations, the fused integer form ran 0.92-5.19x (median 3.4x) on linear layers and
+2.1-4.1x on Q.K^T and P.V; the standard-ops form 0.80-4.93x (median 2.9x) and 1.7-3.8x.
+The only shape under 1x was the 49 x 64 -> 64 reduction layer at batch 1 on 2 threads
+(a 17 us call: ~1.5 us lost), which ran 2.2x (fused) faster as an integer matmul at
+batch 16; the float Sign kernel alone (not vectorised) costs what the integer matmul
+saves elsewhere. So every binary product gets the integer form; which one is in the
 model's metadata ("binary_matmuls")."""
 from __future__ import annotations
 
@@ -37,7 +39,6 @@ from . import Export, base_name
 
 MS_DOMAIN = "com.microsoft"
 LAYOUT = ("Reshape", "Transpose")
-INTEGER_MIN_WEIGHT = 128 * 128   # standard ops: smaller binary weights stay float MatMuls (measured slower)
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,6 @@ def _linear(r: Rewriter, mm: onnx.NodeProto, keys: set[str]) -> str | None:
         return None
     signs, scale = found
     k, n = signs.shape
-    if not ex.fused and k * n < INTEGER_MIN_WEIGHT:
-        return f"float MatMul ({k}x{n} weight: integer measured slower in standard ops)"
     add = _sole_user(r, mm.output[0], "Add")
     bias = _const_input(ex, add, mm.output[0]) if add is not None else None
     if bias is not None and ex.constant(bias).ndim != 1:
@@ -258,9 +257,12 @@ def _attention(r: Rewriter, mm: onnx.NodeProto) -> str | None:
 
 
 def run(ex: Export) -> list[str]:
-    keys = binary_keys(ex)
-    if not keys and not any(n.op_type == "Sign" for n in ex.g.nodes):
-        return []
+    return rewrite(ex, binary_keys(ex))
+
+
+def rewrite(ex: Export, keys: set[str]) -> list[str]:
+    """The pass on the binary layers whose weights `keys` names, and on the attention
+    products (benchmarks/binary_kernels.py times the forms it emits)."""
     r = Rewriter(ex)
     for mm in [n for n in ex.g.nodes if n.op_type == "MatMul"]:
         form = _linear(r, mm, keys) if ex.constant(mm.input[1]) is not None else _attention(r, mm)
