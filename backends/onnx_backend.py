@@ -62,14 +62,16 @@ __all__ = ["to_onnx", "make_session", "packed_sizes", "build_command", "Preproce
 def to_onnx(graph: Graph, state_dict: Mapping[str, Any] | None = None, *, mean: Sequence[float] = IMAGENET_MEAN,
             std: Sequence[float] = IMAGENET_STD, class_names: Sequence[str] | None = None,
             fused: bool | None = None, dtype: str = "float32", seed: int = 0,
-            binary: bool | None = None) -> onnx.ModelProto:
+            binary: bool | None = None, passes: Sequence[str] | None = None) -> onnx.ModelProto:
     """Lower a checked graph to ONNX. `state_dict` (torch tensors or numpy arrays) must
     have exactly the keys and shapes of `param_table(graph) | buffer_table(graph)`; None
     initialises per the contract (deterministic in `seed`). `mean`, `std` and
     `class_names` go into the model's metadata for whoever preprocesses its input.
     `binary` (default: whether the graph has binary weights) deploys binary layers as
     binary: 1-bit weights, integer matmuls and a leaner elementwise graph (the BINARY
-    passes); False keeps them as float32 +-scale weights and float matmuls."""
+    passes); False keeps them as float32 +-scale weights and float matmuls. `passes`
+    (names in backends/onnx_passes/) replaces the passes that `fused` and `binary`
+    choose, for measuring them one at a time."""
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, not {dtype}")
@@ -90,7 +92,7 @@ def to_onnx(graph: Graph, state_dict: Mapping[str, Any] | None = None, *, mean: 
     c, h, w = graph.image
     inputs = [helper.make_tensor_value_info("input", g.elem_type, ["batch", c, h, w])]
     export = Export(g, inference, values, fused=fused, inputs=tuple(inputs))
-    report += run_passes(export, pass_names(fused, binary))
+    report += run_passes(export, pass_names(fused, binary) if passes is None else tuple(passes))
     outputs = [helper.make_tensor_value_info("logits", g.elem_type, ["batch", graph.classes])]
     doc = f"vitgraph {graph.name} ({graph.spec.path if graph.spec else 'spec text'})"
     metadata = _metadata(graph, mean, std, names, fused, dt) | {"form": "binary" if binary else "float"}
