@@ -16,12 +16,15 @@ is the median over a run's rounds; the table shows the median over runs and ever
 value. Also: the file size and bits per parameter of each ONNX model, its peak memory
 (each entrant loaded and run once at each batch in a child process: peak resident set
 above the child's own after imports), and where the time goes (onnxruntime's profiler:
-the top node types by share of kernel time). All entrants get the same weights (the
-spec's initialisation, seed 0) and images; their outputs are compared before timing.
+the top node types by share of kernel time), and the step ladder: the first binary
+model exported with the binary passes added one at a time (backends/onnx_passes/:
+fast_prelu, repeat_shortcut, sink_shifts, binary_matmul, pack_binary), timed interleaved
+with the most threads. All entrants get the same weights (the spec's initialisation,
+seed 0) and images; their outputs are compared before timing.
 
     python -m vitgraph.benchmarks.binary_cpu [--specs binaryvit binary_deit_small deit_small]
         [--threads 1 2] [--batch 1 16] [--runs 3] [--rounds 15 3] [--set image=... patch=...]
-        [--no-memory] [--out benchmarks/results]
+        [--no-memory] [--no-ladder] [--out benchmarks/results]
 
 Writes binary_cpu_<cpu>.json and .md under --out.
 """
@@ -54,15 +57,21 @@ TOP_NODE_TYPES = 6
 class Entrant:
     """One way of running one model: an ONNX file (fp32-folded or deployed) or torch eager."""
 
-    model: str
+    model: str                 # the graph's name
     system: str
     path: Path | None          # the ONNX file; None for torch eager
     params: int
     overrides: tuple[tuple[str, Any], ...]
+    spec: str                  # a spec name under specs/ or a .vg file
 
     @property
     def name(self) -> str:
         return f"{self.model} / {self.system}"
+
+
+def spec_path(spec: str) -> Path:
+    """A spec name under specs/, or a .vg file."""
+    return Path(spec) if spec.endswith(".vg") else ROOT / "specs" / f"{spec}.vg"
 
 
 def prepare(specs: list[str], overrides: dict[str, Any], folder: Path) -> list[Entrant]:
@@ -75,15 +84,15 @@ def prepare(specs: list[str], overrides: dict[str, Any], folder: Path) -> list[E
 
     out = []
     for spec in specs:
-        graph = vitgraph.compile(ROOT / "specs" / f"{spec}.vg", **overrides)
+        graph = vitgraph.compile(spec_path(spec), **overrides)
         state = vitgraph.to_torch(graph, generator=torch.Generator().manual_seed(0)).state_dict()
         params, frozen = vitgraph.count(graph).total.params, tuple(sorted(overrides.items()))
         forms = [(FP32, False)] + ([(DEPLOYED, True)] if has_binary_weights(graph) else [])
         for system, binary in forms:
-            path = folder / f"{spec}_{'deployed' if binary else 'fp32'}.onnx"
+            path = folder / f"{graph.name}_{'deployed' if binary else 'fp32'}.onnx"
             onnx.save(vitgraph.to_onnx(graph, state, binary=binary), path)
-            out.append(Entrant(spec, system, path, params, frozen))
-        out.append(Entrant(spec, EAGER, None, params, frozen))
+            out.append(Entrant(graph.name, system, path, params, frozen, spec))
+        out.append(Entrant(graph.name, EAGER, None, params, frozen, spec))
     return out
 
 
@@ -98,7 +107,7 @@ def load(entrant: Entrant, threads: int) -> Callable[[np.ndarray], np.ndarray]:
         session = make_session(entrant.path, threads)
         return lambda x: session.run(None, {"input": x})[0]
     torch.set_num_threads(threads)
-    graph = vitgraph.compile(ROOT / "specs" / f"{entrant.model}.vg", **dict(entrant.overrides))
+    graph = vitgraph.compile(spec_path(entrant.spec), **dict(entrant.overrides))
     module = vitgraph.to_torch(graph, generator=torch.Generator().manual_seed(0)).eval()
 
     def eager(x: np.ndarray) -> np.ndarray:
@@ -175,7 +184,8 @@ def peak_memory(entrant: Entrant, threads: int, batch: int) -> float:
     adds to a fresh process (its own baseline after imports), measured in a child."""
     spec = json.dumps({"model": entrant.model, "system": entrant.system,
                        "path": None if entrant.path is None else str(entrant.path), "params": entrant.params,
-                       "overrides": list(entrant.overrides), "threads": threads, "batch": batch})
+                       "overrides": list(entrant.overrides), "spec": entrant.spec, "threads": threads,
+                       "batch": batch})
     done = subprocess.run([sys.executable, "-m", "vitgraph.benchmarks.binary_cpu", "--child", spec],
                           capture_output=True, text=True, timeout=900, check=True)
     return float(done.stdout.strip().splitlines()[-1])
@@ -197,8 +207,8 @@ def _child(spec: str) -> int:
 
     s = json.loads(spec)
     e = Entrant(s["model"], s["system"], None if s["path"] is None else Path(s["path"]), s["params"],
-                tuple((k, v) for k, v in s["overrides"]))
-    image = vitgraph.compile(ROOT / "specs" / f"{e.model}.vg", **dict(e.overrides)).image
+                tuple((k, v) for k, v in s["overrides"]), s["spec"])
+    image = vitgraph.compile(spec_path(e.spec), **dict(e.overrides)).image
     x = images(image, s["batch"])
     base = _status_kib("VmRSS")
     load(e, s["threads"])(x)
@@ -223,6 +233,39 @@ def measure(entrants: list[Entrant], threads: int, batch: int, runs: int, rounds
                         for n, v in t.items()})
     return {"threads": threads, "batch": batch, "rounds": rounds, "runs": per_run,
             "load_average": {"before": list(load_before), "after": list(os.getloadavg())}}
+
+
+def ladder(spec: str, overrides: dict[str, Any], folder: Path, threads: int, batches: list[int],
+           rounds: list[int]) -> list[dict[str, Any]]:
+    """The model exported with the binary passes added one at a time, each step timed
+    interleaved with the others: per batch, the median seconds per call."""
+    import onnx
+    import torch
+
+    import vitgraph
+    from vitgraph.backends.onnx_passes import BINARY, pass_names
+
+    graph = vitgraph.compile(spec_path(spec), **overrides)
+    state = vitgraph.to_torch(graph, generator=torch.Generator().manual_seed(0)).state_dict()
+    base = pass_names(fused=True, binary=False)
+    steps = {"fp32-folded": base}
+    for i, name in enumerate(BINARY, 1):
+        steps[f"+ {name}"] = base[:2] + BINARY[:i] + base[2:]
+    entrants = []
+    for k, names in steps.items():
+        path = folder / f"ladder_{len(entrants)}.onnx"
+        onnx.save(vitgraph.to_onnx(graph, state, passes=names), path)
+        entrants.append(Entrant(graph.name, k, path, 0, tuple(sorted(overrides.items())), spec))
+    out = []
+    for batch, n in zip(batches, rounds):
+        fns = {e.system: load(e, threads) for e in entrants}
+        x = images(graph.image, batch)
+        for fn in fns.values():
+            fn(x)
+        t = interleaved({k: (lambda fn=fn: fn(x)) for k, fn in fns.items()}, n)
+        out.append({"batch": batch, "threads": threads, "rounds": n,
+                    "seconds": {k: float(np.median(v["wall"])) for k, v in t.items()}})
+    return out
 
 
 def speedups(block: dict[str, Any], model: str) -> list[float]:
@@ -258,6 +301,22 @@ def tables(data: dict[str, Any]) -> list[str]:
                          f"{'-' if mem is None else f'{mem:.0f}'} |")
         lines.append("")
     return lines
+
+
+def ladder_table(data: dict[str, Any]) -> list[str]:
+    if not data.get("ladder"):
+        return []
+    blocks = data["ladder"]
+    lines = ["## Step by step", "",
+             f"{data['ladder_model']} exported with the binary passes added one at a time, {blocks[0]['threads']} "
+             "threads, interleaved (one run): median time per call, and the fp32-folded export's / the step's.", "",
+             "| step | " + " | ".join(f"batch {b['batch']} (ms) | vs fp32-folded" for b in blocks) + " |",
+             "|---|" + "---:|---:|" * len(blocks)]
+    for step in blocks[0]["seconds"]:
+        cells = [f"{1e3 * b['seconds'][step]:.1f} | {b['seconds']['fp32-folded'] / b['seconds'][step]:.2f}x"
+                 for b in blocks]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def profiles(data: dict[str, Any]) -> list[str]:
@@ -310,13 +369,13 @@ def markdown(data: dict[str, Any]) -> str:
                                                                               "|---|---:|---|"]
     for name, a in data["agreement"].items():
         lines.append(f"| {name} | {a['relative_diff']:.1e} | {a['same_top1']} |")
-    lines += ["", "## Timings", ""] + tables(data) + profiles(data)
+    lines += ["", "## Timings", ""] + tables(data) + ladder_table(data) + profiles(data)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vitgraph.benchmarks.binary_cpu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--specs", nargs="+", default=list(DEFAULT_SPECS), help="spec names under specs/")
+    p.add_argument("--specs", nargs="+", default=list(DEFAULT_SPECS), help="spec names under specs/, or .vg files")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
     p.add_argument("--runs", type=int, default=3, help="interleaved runs per thread count and batch (default 3)")
@@ -324,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="rounds per run, one per batch size (default 15 3)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="spec overrides for every model")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    p.add_argument("--no-ladder", action="store_true", help="skip the step ladder of the binary passes")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -342,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         entrants = prepare(args.specs, overrides, Path(tmp))
         import vitgraph
 
-        image_of = {m: vitgraph.compile(ROOT / "specs" / f"{m}.vg", **overrides).image for m in args.specs}
+        image_of = {e.model: vitgraph.compile(spec_path(e.spec), **overrides).image for e in entrants}
         data: dict[str, Any] = {"environment": env, "images": {m: list(i) for m, i in image_of.items()},
                                 "agreement": agreement({e: load(e, max(args.threads)) for e in entrants}, image_of),
                                 "entrants": [], "timings": [], "profiles": [], "profile_threads": max(args.threads)}
@@ -361,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
                     secs = [r[e.name]["wall"] for r in block["runs"]]
                     print(f"t{threads} b{batch} {e.name:40s} {1e3 * float(np.median(secs)):9.1f} ms/call "
                           f"(runs {', '.join(f'{1e3 * s:.1f}' for s in secs)})", flush=True)
+        binary = [e for e in entrants if e.system == DEPLOYED]
+        if binary and not args.no_ladder:
+            data["ladder_model"] = binary[0].model
+            data["ladder"] = ladder(binary[0].spec, overrides, Path(tmp), max(args.threads), args.batch, args.rounds)
+            print("\n".join(ladder_table(data)), flush=True)
         for e in (e for e in entrants if e.path is not None):
             for batch in args.batch:
                 top = profile(e, max(args.threads), batch, image_of[e.model])
