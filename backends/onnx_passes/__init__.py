@@ -99,7 +99,8 @@ class Export:
     # -- writing ------------------------------------------------------------------------
     def unique(self, name: str) -> str:
         """`name`, or `name:k` for the first k that no initializer or value uses. The names
-        seen are kept in a set that only grows (put, initializer and unique add to it)."""
+        in use are kept in a set, built once and kept up to date by put, take, initializer,
+        prune and unique itself (a name it returns is taken)."""
         if self._taken is None:
             self._taken = set(self.g.initializers) | {o for n in self.g.nodes for o in n.output}
         out, k = name, 0
@@ -126,10 +127,13 @@ class Export:
         read = {i for n in old for i in n.input}
         self.g.nodes[:] = [n for n in self.g.nodes if id(n) not in old_ids]
         still = {i for n in self.g.nodes for i in n.input} | set(self.outputs)
-        for name in (read - still) if drop_initializers else ():
+        dropped = (read - still) if drop_initializers else set()
+        for name in dropped:
             self.g.initializers.pop(name, None)
         for n in old:
             self.g.release_name(n.name)
+        if self._taken is not None:
+            self._taken.difference_update(dropped | {o for n in old for o in n.output})
         return at
 
     def put(self, at: int, new: list[onnx.NodeProto]) -> None:
@@ -169,6 +173,8 @@ class Export:
         dead = [k for k in self.g.initializers if k not in used]
         for k in dead:
             del self.g.initializers[k]
+        if self._taken is not None:
+            self._taken.difference_update(dead)
         return len(dead)
 
 
