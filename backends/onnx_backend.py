@@ -9,7 +9,12 @@ ONNX node names that start with the IR node's name and initializers named by the
 state-dict keys (THE CONTRACT in vitgraph/ops/; folded ones carry the suffix ":folded").
 Eval-mode semantics: drop-path is the identity, BatchNorm uses its running statistics, a
 distilled DeiT averages its two heads' logits (Touvron et al. 2020), and BinaryViT's
-binary layers (Le & Li 2023) become +-scale weights and Sign.
+binary layers (Le & Li 2023) are +-scale weights and Sign in the standard form.
+
+A spec with binary weights is deployed as binary by default (`binary=True`, the BINARY
+passes): 1-bit weights in the file, integer matmuls for every binary product, a leaner
+elementwise graph; metadata "form" says "binary", and "binary_matmuls" which kernel each
+product got. `binary=False` keeps float32 +-scale weights and float matmuls ("float").
 
     model = vitgraph.to_onnx(graph, state_dict)      # state_dict: torch tensors or numpy
     session = make_session(model)                    # tuned onnxruntime CPU session

@@ -374,7 +374,8 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vitgraph.benchmarks.binary_cpu", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vitgraph.benchmarks.binary_cpu",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--specs", nargs="+", default=list(DEFAULT_SPECS), help="spec names under specs/, or .vg files")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")

@@ -107,7 +107,8 @@ def _graph(shape: Shape, batch: int) -> tuple[list[onnx.NodeProto], dict[str, np
                  node("Mul", ["t", "scale"], ["y"], name="a/Mul")],
                 {"scale": np.array(HEAD_DIM ** -0.5)}, {"q": [batch, h, m, HEAD_DIM], "k": [batch, h, HEAD_DIM, keys]})
     return ([node("Div", ["p", "alpha"], ["d"], name="a/Div"), node("Round", ["d"], ["r"], name="a/Round"),
-             node("Clip", ["r", "zero", "one"], ["c"], name="a/Clip"), node("Mul", ["c", "alpha"], ["pa"], name="a/Mul"),
+             node("Clip", ["r", "zero", "one"], ["c"], name="a/Clip"),
+             node("Mul", ["c", "alpha"], ["pa"], name="a/Mul"),
              node("Sign", ["v"], ["vs"], name="a/Sign"), node("MatMul", ["pa", "vs"], ["y"], name="a/MatMul")],
             {"alpha": np.array([0.02]), "zero": np.array(0.0), "one": np.array(1.0)},
             {"p": [batch, h, m, keys], "v": [batch, h, keys, HEAD_DIM]})

@@ -189,7 +189,8 @@ def test_binary_matmul_sums_exactly_in_integers(fused: bool, dtype: type, op: st
     # the exact value: an integer sum of +-1 products, one rounding for the scale, one for the bias
     w = inits[f"{key}:folded"].astype(dtype)
     exact = (np.sign(x.astype(np.float64)) @ np.sign(w)).astype(dtype) * np.abs(w).max(0) + inits["b"].astype(dtype)
-    np.testing.assert_allclose(got, exact, rtol=2 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps * np.abs(exact).max())
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(got, exact, rtol=2 * eps, atol=4 * eps * np.abs(exact).max())
 
 
 # -- pack_binary ------------------------------------------------------------------------------
