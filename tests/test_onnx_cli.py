@@ -165,3 +165,20 @@ def test_predict_warns_about_untrained_weights(tmp_path: Path, capsys: pytest.Ca
     code, out, err = _run(capsys, "predict", str(model), str(CIFAR / "cat" / "0000.jpg"))
     assert code == 0 and out.startswith(str(CIFAR / "cat" / "0000.jpg"))
     assert err.startswith(f"warning: {model} holds untrained weights")
+
+
+def test_predict_runs_a_binary_checkpoint_as_deployed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A binary spec's checkpoint is exported in the deployed form (1-bit weights, integer
+    matmuls), as `vitgraph build` does, and predicts."""
+    from onnx_helpers import TINY_BINARY
+
+    from vitgraph.backends.onnx_backend import form
+    from vitgraph.commands.predict import checkpoint_model
+
+    spec, ckpt = tmp_path / "tiny.vg", tmp_path / "tiny.pt"
+    spec.write_text(TINY_BINARY)
+    assert _run(capsys, "build", str(spec), "-o", str(ckpt))[0] == 0
+    assert form(checkpoint_model(str(ckpt))) == "binary"
+    image = ROOT / "tests" / "images" / "digit-3.png"
+    code, out, _ = _run(capsys, "predict", str(ckpt), str(image), "--top", "1")
+    assert code == 0 and out.startswith(str(image)) and len(out.strip().splitlines()) == 2
