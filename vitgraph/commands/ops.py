@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     report = count(graph)
     rows = report.by_group if args.by == "block" else report.by_stage
     sizes = weight_bytes_by(graph, lambda node: node.group if args.by == "block" else node.stage)
-    fp_bytes, packed = sizes["total"] = tuple(sum(v) for v in zip(*sizes.values()))
+    fp_bytes, packed = sum(v[0] for v in sizes.values()), sum(v[1] for v in sizes.values())
+    sizes["total"] = (fp_bytes, packed)
     if args.json:
         out = {"model": graph.name, "spec_hash": graph.spec.hash, "params": graph.spec.params,
                "total": report.total.as_dict(), "rows": {k: v.as_dict() for k, v in rows.items()},
