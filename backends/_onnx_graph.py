@@ -63,6 +63,8 @@ class OnnxGraph:
         matrix), shared by value; large ones are named by a hash of their exact values."""
         arr = np.asarray(values, dtype)
         tag = "f" if arr.dtype.kind == "f" else "i"  # named by value, the same in float32 and float64 models
+        if arr.dtype.kind in "iu" and arr.dtype != np.int64:
+            tag = arr.dtype.name  # uint8 / int8 zero points
         if arr.size <= 16:
             body = "[" + ",".join(f"{v:.9g}" if tag == "f" else str(v) for v in arr.ravel()) + "]"
         else:

@@ -9,7 +9,12 @@ ONNX node names that start with the IR node's name and initializers named by the
 state-dict keys (THE CONTRACT in vitgraph/ops/; folded ones carry the suffix ":folded").
 Eval-mode semantics: drop-path is the identity, BatchNorm uses its running statistics, a
 distilled DeiT averages its two heads' logits (Touvron et al. 2020), and BinaryViT's
-binary layers (Le & Li 2023) become +-scale weights and Sign.
+binary layers (Le & Li 2023) are +-scale weights and Sign in the standard form.
+
+A spec with binary weights is deployed as binary by default (`binary=True`, the BINARY
+passes): 1-bit weights in the file, integer matmuls for every binary product, a leaner
+elementwise graph; metadata "form" says "binary", and "binary_matmuls" which kernel each
+product got. `binary=False` keeps float32 +-scale weights and float matmuls ("float").
 
     model = vitgraph.to_onnx(graph, state_dict)      # state_dict: torch tensors or numpy
     session = make_session(model)                    # tuned onnxruntime CPU session
@@ -45,7 +50,7 @@ from vitgraph.passes import run_inference
 
 from ._onnx_graph import OPSET, OnnxGraph, Weights
 from ._onnx_lower import lower
-from .onnx_passes import FUSED, STANDARD, Export, run_passes
+from .onnx_passes import Export, pass_names, run_passes
 
 # onnxruntime fusions whose CPU kernels measured slower than what they replace: its
 # SkipLayerNormalization took ~5x the time of the Add + LayerNormalization it fuses
@@ -56,20 +61,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = ["to_onnx", "make_session", "packed_sizes", "build_command", "Preprocessing", "preprocessing",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+           "form", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 
 def to_onnx(graph: Graph, state_dict: Mapping[str, Any] | None = None, *, mean: Sequence[float] = IMAGENET_MEAN,
             std: Sequence[float] = IMAGENET_STD, class_names: Sequence[str] | None = None,
-            fused: bool | None = None, dtype: str = "float32", seed: int = 0) -> onnx.ModelProto:
+            fused: bool | None = None, dtype: str = "float32", seed: int = 0,
+            binary: bool | None = None, passes: Sequence[str] | None = None) -> onnx.ModelProto:
     """Lower a checked graph to ONNX. `state_dict` (torch tensors or numpy arrays) must
     have exactly the keys and shapes of `param_table(graph) | buffer_table(graph)`; None
     initialises per the contract (deterministic in `seed`). `mean`, `std` and
-    `class_names` go into the model's metadata for whoever preprocesses its input."""
+    `class_names` go into the model's metadata for whoever preprocesses its input.
+    `binary` (default: whether the graph has binary weights) deploys binary layers as
+    binary: 1-bit weights, integer matmuls and a leaner elementwise graph (the BINARY
+    passes); False keeps them as float32 +-scale weights and float matmuls. `passes`
+    (names in backends/onnx_passes/) replaces the passes that `fused` and `binary`
+    choose, for measuring them one at a time."""
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, not {dtype}")
     fused = dt == np.float32 if fused is None else fused
+    binary = has_binary_weights(graph) if binary is None else binary
     if fused and dt != np.float32:
         raise ValueError("onnxruntime's fused kernels are float32 only: use fused=False with float64")
     names = [f"class_{i}" for i in range(graph.classes)] if class_names is None else list(class_names)
@@ -82,12 +94,14 @@ def to_onnx(graph: Graph, state_dict: Mapping[str, Any] | None = None, *, mean: 
     unread = weights.unread()
     if unread:
         raise RuntimeError(f"ONNX backend bug: parameters not lowered: {unread[:5]}")
-    report += run_passes(Export(g, inference, values), FUSED if fused else STANDARD)
     c, h, w = graph.image
     inputs = [helper.make_tensor_value_info("input", g.elem_type, ["batch", c, h, w])]
+    export = Export(g, inference, values, fused=fused, inputs=tuple(inputs))
+    report += run_passes(export, pass_names(fused, binary) if passes is None else tuple(passes))
     outputs = [helper.make_tensor_value_info("logits", g.elem_type, ["batch", graph.classes])]
     doc = f"vitgraph {graph.name} ({graph.spec.path if graph.spec else 'spec text'})"
-    metadata = _metadata(graph, mean, std, names, fused, dt)
+    metadata = _metadata(graph, mean, std, names, fused, dt) | {"form": "binary" if binary else "float"}
+    metadata.update(export.notes)
     # IR node name -> the ONNX value of its output; for values that hold only the leading
     # tokens that the head reads (dead-token elimination), how many
     metadata["ir_values"] = json.dumps(values)
@@ -96,6 +110,13 @@ def to_onnx(graph: Graph, state_dict: Mapping[str, Any] | None = None, *, mean: 
                                                and n.out.rank == 3 and n.out.tokens < trained[n.name].tokens})
     metadata["passes"] = json.dumps(report)
     return g.model(inputs, outputs, graph.name, metadata, doc)
+
+
+def has_binary_weights(graph: Graph) -> bool:
+    """Whether any weight of the graph is binary (stored as 1 bit when deployed)."""
+    from vitgraph.ops import param_specs
+
+    return any(p.binary for p in param_specs(graph).values())
 
 
 def _metadata(graph: Graph, mean: Sequence[float], std: Sequence[float], names: list[str], fused: bool,
@@ -188,7 +209,8 @@ def load_state_dict(source: Mapping[str, Any], graph: Graph, where: str) -> tupl
 
 
 def checkpoint_model(graph: Graph, ck: Mapping[str, Any] | None, where: str | None,
-                     fused: bool | None = None) -> tuple[onnx.ModelProto, list[str], str]:
+                     fused: bool | None = None, binary: bool | None = None
+                     ) -> tuple[onnx.ModelProto, list[str], str]:
     """The ONNX model of a checkpoint's weights (None: the spec's initialisation), with the
     preprocessing and class names the checkpoint records (else those of the config.json beside
     it), and the weights described in the metadata ("weights", "trained"); also the notes of the
@@ -199,7 +221,7 @@ def checkpoint_model(graph: Graph, ck: Mapping[str, Any] | None, where: str | No
     prep, origin = preprocessing(ck), f"{where}"
     if not prep and where:
         prep, origin = run_preprocessing(where), str(Path(where).with_name("config.json"))
-    model = to_onnx(graph, state, fused=fused, **prep)
+    model = to_onnx(graph, state, fused=fused, binary=binary, **prep)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                         "weights": describe(ck), "trained": json.dumps(trained(ck))})
     return model, notes, origin if prep else ""
@@ -227,6 +249,7 @@ def summary(graph: Graph, model: onnx.ModelProto, path: Path) -> str:
     ops = sorted({(n.domain or "ai.onnx") + "." + n.op_type for n in model.graph.node if n.domain})
     fused = f" (+ {', '.join(ops)})" if ops else ""
     c, h, w = graph.image
+    size = path.stat().st_size
     return "\n".join([
         f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {graph.name}, spec hash "
         f"{graph.spec.hash if graph.spec else '-'}",
@@ -235,7 +258,20 @@ def summary(graph: Graph, model: onnx.ModelProto, path: Path) -> str:
         f"  output logits[batch, {graph.classes}]",
         f"  params {total.params / 1e6:.2f}M ({total.binary_params / 1e6:.2f}M binary); weights "
         f"{fp_bytes / 2**20:.2f} MiB as float32, {packed / 2**20:.2f} MiB bit-packed",
+        f"  file   {size:,} bytes, {8 * size / total.params:.2f} bits per parameter; {FORMS[form(model)]}",
     ] + [f"  pass   {line}" for line in _passes(model)])
+
+
+FORMS = {"binary": "binary layers deployed as binary (1-bit weights, integer matmuls)",
+         "float": "float32 weights (binary weights as +-scale, float matmuls)"}
+
+
+def form(model: Any) -> str:
+    """"binary" or "float": how a model exported by to_onnx runs its binary layers (a
+    ModelProto, or an onnxruntime session)."""
+    if hasattr(model, "get_modelmeta"):
+        return model.get_modelmeta().custom_metadata_map.get("form", "float")
+    return {p.key: p.value for p in model.metadata_props}.get("form", "float")
 
 
 def _passes(model: onnx.ModelProto) -> list[str]:
@@ -249,7 +285,8 @@ def build_command(graph: Graph, args: argparse.Namespace) -> int:
 
     ck = read_checkpoint(args.weights) if args.weights else None
     model, notes, origin = checkpoint_model(graph, ck, args.weights,
-                                            fused=False if getattr(args, "standard_ops", False) else None)
+                                            fused=False if getattr(args, "standard_ops", False) else None,
+                                            binary=False if getattr(args, "float_binary", False) else None)
     onnx.checker.check_model(model, full_check=True)
     out = Path(args.output or f"{graph.name}.onnx")
     try:

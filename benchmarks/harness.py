@@ -147,11 +147,12 @@ def torch_speed(graph: Graph, device: str, measure: Measure) -> dict[str, Any]:
 
 
 def onnx_cpu_speed(graph: Graph, checkpoint: Path, measure: Measure) -> dict[str, Any]:
-    """The trained weights exported to ONNX and run by onnxruntime on the CPU: batch-1 latency
-    (ms) and batch-`measure.batch` throughput (img/s)."""
+    """The trained weights exported to ONNX (binary specs deployed as binary: 1-bit
+    weights, integer matmuls) and run by onnxruntime on the CPU: batch-1 latency (ms),
+    batch-`measure.batch` throughput (img/s), and which form was measured."""
     import numpy as np
 
-    from vitgraph.backends.onnx_backend import make_session
+    from vitgraph.backends.onnx_backend import form, make_session
     from vitgraph.backends.torch_backend import read_checkpoint
 
     session = make_session(vitgraph.to_onnx(graph, read_checkpoint(checkpoint)["model"]))
@@ -162,7 +163,7 @@ def onnx_cpu_speed(graph: Graph, checkpoint: Path, measure: Measure) -> dict[str
     latency = time_calls(lambda: session.run(None, {name: one}), measure.warmup, measure.repeats * 5)
     batch = time_calls(lambda: session.run(None, {name: many}), measure.warmup, measure.repeats)
     options = session.get_session_options()
-    return {"batch": measure.batch, "threads": options.intra_op_num_threads,
+    return {"batch": measure.batch, "threads": options.intra_op_num_threads, "form": form(session),
             "latency_ms": spread([1000 * t for t in latency]),
             "throughput_img_s": spread([measure.batch / t for t in batch])}
 

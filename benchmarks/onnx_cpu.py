@@ -132,6 +132,8 @@ def percentiles(values: list[float], scale: float = 1.0) -> dict[str, float]:
 
 def measure(graph: vitgraph.Graph, systems: dict[str, Callable[[np.ndarray], np.ndarray]], batch: int,
             rounds: int, latency_rounds: int) -> dict[str, Any]:
+    from vitgraph.backends.onnx_backend import has_binary_weights
+
     t0 = time.time()
     rng = np.random.default_rng(0)
     check = rng.standard_normal((2, *graph.image), dtype=np.float32)
@@ -146,6 +148,7 @@ def measure(graph: vitgraph.Graph, systems: dict[str, Callable[[np.ndarray], np.
     load_after = os.getloadavg()
     result: dict[str, Any] = {
         "model": graph.name, "spec_hash": graph.spec.hash, "spec_params": graph.spec.params,
+        "onnx_form": "binary" if has_binary_weights(graph) else "float",  # what to_onnx deploys by default
         "image": list(graph.image), "batch": batch, "max_relative_diff_vs_torch": agreement,
         "load_average": {"before": list(load_before), "after": list(load_after)}, "systems": {},
     }

@@ -58,8 +58,9 @@ def is_binary(graph: Graph) -> bool:
 
 
 def torch_module(graph: Graph, seed: int = 0) -> torch.nn.Module:
-    """vitgraph.to_torch(graph) in eval mode with randomize_'d weights."""
-    return randomize_(vitgraph.to_torch(graph), seed).eval()
+    """vitgraph.to_torch(graph) in eval mode with randomize_'d weights, all drawn from
+    `seed` (the same module on every run)."""
+    return randomize_(vitgraph.to_torch(graph, generator=torch.Generator().manual_seed(seed)), seed).eval()
 
 
 @torch.no_grad()

@@ -165,3 +165,21 @@ def test_the_readme_zoo_table_is_the_zoo() -> None:
         want = (f"{t.params / 1e6:.2f}", f"{t.macs / 1e6:,.1f}", f"{t.bops / 1e9:.2f}" if t.bops else "-",
                 f"{t.ops / 1e6:,.1f}")
         assert (params, macs, bops, ops) == want, name
+
+
+def test_ops_shows_the_deployed_size_per_row(capsys: pytest.CaptureFixture[str]) -> None:
+    """fp32 and 1-bit MiB per stage add up to the totals, which the ONNX export's 1-bit
+    weights match to within the folded BatchNorms and biases (test_binary_passes)."""
+    assert main(["ops", "specs/binaryvit.vg", "--by", "stage", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = data["rows_weight_bytes"]
+    assert set(rows) == set(data["rows"])
+    for kind in ("float32", "packed"):
+        assert sum(r[kind] for r in rows.values()) == data["weight_bytes"][kind]
+    assert rows["stages.3"]["packed"] * 16 < rows["stages.3"]["float32"]
+    assert rows["head"]["packed"] == rows["head"]["float32"]
+    assert main(["ops", "specs/binaryvit.vg", "--by", "stage"]) == 0
+    out = capsys.readouterr().out
+    fp, packed = weight_bytes(vitgraph.compile("specs/binaryvit.vg"))
+    assert "fp32 (MiB) 1-bit (MiB)" in out and f"{fp / 2**20:.2f}        {packed / 2**20:.2f}" in out
+    assert f"({fp / packed:.1f}x smaller;" in out

@@ -15,7 +15,7 @@ def test_benchmark_writes_results_named_by_conditions(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     env, (result,) = data["environment"], data["results"]
     assert env["threads"] == 1 and env["cpu"] and env["git_commit"] and env["onnxruntime"]
-    assert result["spec_hash"] and set(result["systems"]) == set(onnx_cpu.SYSTEMS)
+    assert result["spec_hash"] and set(result["systems"]) == set(onnx_cpu.SYSTEMS) and result["onnx_form"] == "float"
     assert all(d < 1e-4 for d in result["max_relative_diff_vs_torch"].values())
     assert result["systems"][onnx_cpu.OURS]["batch1_latency_ms"]["n"] == 2
     assert "## Goals" in path.with_suffix(".md").read_text()

@@ -40,7 +40,29 @@ def test_build_writes_a_checked_model_and_a_summary(tmp_path: Path, capsys: pyte
     model = onnx.load(out)
     onnx.checker.check_model(model, full_check=True)
     assert "MiB bit-packed" in text and f"wrote {out}" in text and "spec's initialisation" in text
-    assert {p.key: p.value for p in model.metadata_props}["spec"] == "binary_deit_small"
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["spec"] == "binary_deit_small" and meta["form"] == "binary"
+    params = vitgraph.count(vitgraph.compile(ROOT / "specs" / "binary_deit_small.vg", image=32, patch=16)).total.params
+    bits = 8 * out.stat().st_size / params
+    assert f"{bits:.2f} bits per parameter; binary layers deployed as binary (1-bit weights" in text and bits < 4
+
+
+def test_build_options_select_the_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--float-binary keeps binary layers as float32 weights; --standard-ops keeps the
+    binary deployment in standard ONNX ops (MatMulInteger instead of onnxruntime's
+    MatMulIntegerToFloat)."""
+    spec = str(ROOT / "specs" / "binary_deit_small.vg")
+    small = ["--set", "image=32", "patch=16"]
+    paths = {k: tmp_path / f"{k}.onnx" for k in ("binary", "float", "standard")}
+    flags = {"binary": [], "float": ["--float-binary"], "standard": ["--standard-ops"]}
+    for k, path in paths.items():
+        code, text, _ = _run(capsys, "build", spec, "--backend", "onnx", "-o", str(path), *small, *flags[k])
+        assert code == 0 and ("float32 weights (binary weights as +-scale" in text) == (k == "float")
+        onnx.checker.check_model(onnx.load(path), full_check=True)
+    kinds = {k: {n.domain + "." + n.op_type for n in onnx.load(p).graph.node} for k, p in paths.items()}
+    assert "com.microsoft.MatMulIntegerToFloat" in kinds["binary"] and ".MatMulInteger" in kinds["standard"]
+    assert not any(k.startswith("com.") for k in kinds["standard"]) and ".Sign" in kinds["float"]
+    assert paths["float"].stat().st_size > 8 * paths["binary"].stat().st_size
 
 
 def test_build_with_weights_exports_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,3 +165,20 @@ def test_predict_warns_about_untrained_weights(tmp_path: Path, capsys: pytest.Ca
     code, out, err = _run(capsys, "predict", str(model), str(CIFAR / "cat" / "0000.jpg"))
     assert code == 0 and out.startswith(str(CIFAR / "cat" / "0000.jpg"))
     assert err.startswith(f"warning: {model} holds untrained weights")
+
+
+def test_predict_runs_a_binary_checkpoint_as_deployed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A binary spec's checkpoint is exported in the deployed form (1-bit weights, integer
+    matmuls), as `vitgraph build` does, and predicts."""
+    from onnx_helpers import TINY_BINARY
+
+    from vitgraph.backends.onnx_backend import form
+    from vitgraph.commands.predict import checkpoint_model
+
+    spec, ckpt = tmp_path / "tiny.vg", tmp_path / "tiny.pt"
+    spec.write_text(TINY_BINARY)
+    assert _run(capsys, "build", str(spec), "-o", str(ckpt))[0] == 0
+    assert form(checkpoint_model(str(ckpt))) == "binary"
+    image = ROOT / "tests" / "images" / "digit-3.png"
+    code, out, _ = _run(capsys, "predict", str(ckpt), str(image), "--top", "1")
+    assert code == 0 and out.startswith(str(image)) and len(out.strip().splitlines()) == 2

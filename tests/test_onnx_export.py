@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 import vitgraph
-from onnx_helpers import SPEC_CASES, SPECS, TINY_BINARY, TINY_FP, small_graph, torch_module
+from onnx_helpers import SPEC_CASES, SPECS, TINY_BINARY, TINY_FP, is_binary, small_graph, torch_module
 from vitgraph.backends.onnx_backend import (IMAGENET_MEAN, IMAGENET_STD, make_session, packed_sizes, preprocessing,
                                             summary, to_onnx)
 from vitgraph.backends._onnx_graph import initial_state
@@ -46,10 +46,14 @@ def _metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 def _assert_shapes_agree(graph: Graph, model: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
     """Every IR node's value has the IR's shape, or (B, k, D) where the export kept only
-    the k leading tokens that a cls/distill head reads."""
+    the k leading tokens that a cls/distill head reads. A binary deployment moves
+    constants across some IR values (sink_shifts), which then leave the map."""
     shapes, values = _shapes(inferred), _ir_values(model)
     pruned = json.loads(_metadata(model)["ir_values_pruned"])
-    for node in graph:
+    binary = _metadata(model)["form"] == "binary"
+    kept = {n.name for n in graph if n.name in values}
+    assert len(kept) == len(graph) or binary
+    for node in (n for n in graph if n.name in values):
         want = ["batch" if d == "B" else d for d in node.out.shape]
         if node.name in pruned:
             want[1] = pruned[node.name]
@@ -63,14 +67,33 @@ def test_every_spec_passes_the_checker_and_shape_inference(path: str) -> None:
     IR node's value has the IR's shape with the symbolic batch."""
     graph = vitgraph.compile({"TINY_FP": TINY_FP, "TINY_BINARY": TINY_BINARY}[path]) if path.startswith("TINY") \
         else small_graph(path)
-    plain = to_onnx(graph, fused=False)
-    onnx.checker.check_model(plain, full_check=True)
-    assert {op.domain for op in plain.opset_import} == {""} and plain.opset_import[0].version >= 17
-    _assert_shapes_agree(graph, plain, onnx.shape_inference.infer_shapes(plain, check_type=True, strict_mode=True,
-                                                                         data_prop=True))
-    fused = to_onnx(graph)
-    onnx.checker.check_model(fused, full_check=True)
-    _assert_shapes_agree(graph, fused, SymbolicShapeInference.infer_shapes(fused))
+    for binary in (False, True) if is_binary(graph) else (False,):
+        plain = to_onnx(graph, fused=False, binary=binary)
+        onnx.checker.check_model(plain, full_check=True)
+        assert {op.domain for op in plain.opset_import} == {""} and plain.opset_import[0].version >= 17
+        _assert_shapes_agree(graph, plain, onnx.shape_inference.infer_shapes(plain, check_type=True, strict_mode=True,
+                                                                             data_prop=True))
+        fused = to_onnx(graph, binary=binary)
+        onnx.checker.check_model(fused, full_check=True)
+        if binary:  # onnxruntime's symbolic shape inference does not know MatMulIntegerToFloat
+            _assert_shapes_agree(graph, fused, _run_shapes(graph, fused))
+        else:
+            _assert_shapes_agree(graph, fused, SymbolicShapeInference.infer_shapes(fused))
+
+
+def _run_shapes(graph: Graph, model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with the shapes its IR values take in onnxruntime at batch 2 as value
+    infos, the batch dim named "batch"."""
+    values = sorted(set(_ir_values(model).values()) - {"input", "logits"})
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(v) for v in values)
+    images = np.zeros((2, *graph.image), np.float32)
+    got = make_session(probe).run(values, {"input": images})
+    del probe.graph.output[len(model.graph.output):]
+    for name, array in zip(values, got):
+        dims = ["batch", *array.shape[1:]]
+        probe.graph.value_info.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims))
+    return probe
 
 
 def test_names_come_from_the_spec() -> None:
@@ -157,7 +180,7 @@ def test_binary_initialisation_and_folding() -> None:
     assert (state[f"{attn}.q.norm.running_var"] == 1).all() and (state[f"{attn}.q.move"] == 0).all()
     module = torch_module(graph)  # randomised: BN statistics, shifts and scales off their init
     sd = {k: v.double().numpy() for k, v in module.state_dict().items()}
-    model = to_onnx(graph, module.state_dict())
+    model = to_onnx(graph, module.state_dict(), binary=False)
     inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
     for prefix in (f"{attn}.q", f"{attn}.reduce", f"{attn}.proj", "stages.0.blocks.0.mlp.fc1"):
         folded = inits[f"{prefix}.weight{FOLDED}"].T                               # (out, in)
@@ -170,7 +193,7 @@ def test_binary_initialisation_and_folding() -> None:
     w = sd["stages.1.downsample.conv.weight"]                                       # (out, in, p1, p2)
     want = np.sign(w.transpose(2, 3, 1, 0).reshape(conv.shape)) * np.sign(sd["stages.1.downsample.norm.weight"])
     np.testing.assert_array_equal(np.sign(conv), want)
-    nodes = [n.op_type for n in to_onnx(graph).graph.node]
+    nodes = [n.op_type for n in to_onnx(graph, binary=False).graph.node]
     # the stem, the inputs of 9 attention and 4 MLP BLUs, q/k/v of 2 attentions, the merge conv
     assert nodes.count("Sign") == 1 + 9 + 4 + 2 * 3 + 1
     assert "BatchNormalization" not in nodes
@@ -193,7 +216,9 @@ def test_summary_reports_both_weight_sizes(tmp_path) -> None:  # noqa: ANN001
     text = summary(graph, model, path)
     fp_bytes, packed = packed_sizes(graph)
     assert f"{fp_bytes / 2**20:.2f} MiB as float32" in text and f"{packed / 2**20:.2f} MiB bit-packed" in text
-    assert re.search(r"opset 17, \d+ nodes", text)
+    assert re.search(r"opset 17( \(\+ [^)]*\))?, \d+ nodes", text)
+    bits = 8 * path.stat().st_size / vitgraph.count(graph).total.params
+    assert f"{path.stat().st_size:,} bytes, {bits:.2f} bits per parameter; binary layers deployed as binary" in text
 
 
 def test_torch_and_numpy_state_dicts_give_the_same_model() -> None:

@@ -3,8 +3,9 @@ per stage. See ops.py for the convention (MACs, BOPs, OPs = MACs + BOPs/64)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
-from .ir import Graph
+from .ir import Graph, Node
 from .ops import Counts, node_counts
 
 
@@ -33,10 +34,24 @@ def count(graph: Graph) -> CountReport:
 
 def weight_bytes(graph: Graph) -> tuple[int, int]:
     """(float32 bytes, bit-packed bytes) of the trainable weights: binary weights stored at
-    1 bit each plus one float32 scale per output channel; everything else at 4 bytes."""
-    from .ops import param_specs
+    1 bit each (each output channel's row padded to whole bytes, as the ONNX export
+    stores them) plus one float32 scale per output channel; everything else at 4 bytes."""
+    rows = weight_bytes_by(graph, lambda node: "")
+    return rows[""] if rows else (0, 0)
 
-    total = count(graph).total
-    scales = sum(p.shape[0] for p in param_specs(graph).values() if p.binary)
-    packed = total.fp_params * 4 + (total.binary_params + 7) // 8 + scales * 4
-    return total.params * 4, packed
+
+def weight_bytes_by(graph: Graph, key: Callable[[Node], str]) -> dict[str, tuple[int, int]]:
+    """weight_bytes summed per key(node) (a node's group or stage), in node order."""
+    from .ops import node_params
+
+    out: dict[str, tuple[int, int]] = {}
+    for node in graph:
+        fp = packed = 0
+        for p in node_params(graph, node).values():
+            fp += 4 * p.numel
+            rows, per_row = p.shape[0], p.numel // p.shape[0]
+            packed += rows * ((per_row + 7) // 8 + 4) if p.binary else 4 * p.numel
+        k = key(node)
+        old = out.get(k, (0, 0))
+        out[k] = (old[0] + fp, old[1] + packed)
+    return out

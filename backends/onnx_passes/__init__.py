@@ -11,6 +11,21 @@ standard form; these make it fast:
                    the class tokens' queries are live) for full-precision attention;
   fuse_bias_gelu   onnxruntime's com.microsoft.BiasGelu for bias + GELU.
 
+The binary deployment of BinaryViT-style models (BINARY, after fold_affine):
+
+  fast_prelu       RPReLU's where(y > 0, y, y * slope) as max(y, y * slope) (min where
+                   the slopes are >= 1): exact, and vectorised in onnxruntime;
+  repeat_shortcut  a shortcut that repeats x along the channels (Concat) added as a
+                   broadcast instead of being written out;
+  sink_shifts      per-channel constant additions (RPReLU's output shift, moves, q/k/v
+                   shifts, biases) moved forward through additions and merged, so that
+                   fewer Adds run on full tensors;
+  binary_matmul    binary x binary products (binary layers on signed activations, Q.K^T,
+                   P.V) as integer matmuls (uint8 x int8, exact int32 sums, scales after),
+                   node by node where measured faster;
+  pack_binary      binary weights stored at 1 bit (8 per byte) with per-channel scales in
+                   float, unpacked by standard ops that onnxruntime folds at session start.
+
 STANDARD keeps standard ONNX ops (any runtime, any dtype); FUSED adds onnxruntime's
 kernels (float32, onnxruntime only).
 """
@@ -29,6 +44,13 @@ from .._onnx_graph import OnnxGraph
 
 STANDARD: tuple[str, ...] = ("fold_constants", "fold_affine")
 FUSED: tuple[str, ...] = STANDARD + ("fuse_attention", "fuse_bias_gelu")
+BINARY: tuple[str, ...] = ("fast_prelu", "repeat_shortcut", "sink_shifts", "binary_matmul", "pack_binary")
+
+
+def pass_names(fused: bool, binary: bool) -> tuple[str, ...]:
+    """The passes of an export: STANDARD, then BINARY for a binary deployment, then
+    onnxruntime's fusions where fused."""
+    return STANDARD + (BINARY if binary else ()) + (FUSED[len(STANDARD):] if fused else ())
 
 
 @dataclass
@@ -41,6 +63,10 @@ class Export:
     values: dict[str, str]
     outputs: tuple[str, ...] = ("logits",)
     kept: set[str] = field(default_factory=set)  # initializers no pass may fold (packed weights)
+    fused: bool = False                           # onnxruntime's com.microsoft kernels allowed
+    inputs: tuple[onnx.ValueInfoProto, ...] = ()  # the graph's inputs (for shape inference)
+    notes: dict[str, str] = field(default_factory=dict)  # metadata the passes add to the model
+    _taken: set[str] | None = field(default=None, init=False, repr=False)
 
     # -- reading ------------------------------------------------------------------------
     def producers(self) -> dict[str, onnx.NodeProto]:
@@ -54,23 +80,40 @@ class Export:
                     out.setdefault(i, []).append(n)
         return out
 
+    def shapes(self) -> dict[str, tuple[int | str, ...]]:
+        """Each value's shape by ONNX shape inference (a symbolic batch is a str); {}
+        without `inputs`. Standard ops only: run it before the fusions."""
+        if not self.inputs:
+            return {}
+        model = onnx.helper.make_model(onnx.helper.make_graph(self.g.nodes, "shapes", list(self.inputs), [],
+                                                              list(self.g.initializers.values())),
+                                       opset_imports=[onnx.helper.make_opsetid("", 17)])
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+        return {v.name: tuple(d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim)
+                for v in list(inferred.value_info) + list(inferred.input) if v.type.tensor_type.HasField("shape")}
+
     def constant(self, name: str) -> np.ndarray | None:
         init = self.g.initializers.get(name)
         return None if init is None else numpy_helper.to_array(init)
 
     # -- writing ------------------------------------------------------------------------
     def unique(self, name: str) -> str:
-        """`name`, or `name:k` for the first k that no initializer or value uses."""
-        taken = set(self.g.initializers) | {o for n in self.g.nodes for o in n.output}
-        if name not in taken:
-            return name
-        k = 1
-        while f"{name}:{k}" in taken:
+        """`name`, or `name:k` for the first k that no initializer or value uses. The names
+        in use are kept in a set, built once and kept up to date by put, take, initializer,
+        prune and unique itself (a name it returns is taken)."""
+        if self._taken is None:
+            self._taken = set(self.g.initializers) | {o for n in self.g.nodes for o in n.output}
+        out, k = name, 0
+        while out in self._taken or out in self.g.initializers:
             k += 1
-        return f"{name}:{k}"
+            out = f"{name}:{k}"
+        self._taken.add(out)
+        return out
 
     def initializer(self, name: str, array: np.ndarray) -> str:
-        self.g.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        self.g.initializers[name] = numpy_helper.from_array(np.asarray(array, order="C"), name)  # 0-d stays 0-d
+        if self._taken is not None:
+            self._taken.add(name)
         return name
 
     def float_initializer(self, name: str, array: np.ndarray) -> str:
@@ -84,14 +127,19 @@ class Export:
         read = {i for n in old for i in n.input}
         self.g.nodes[:] = [n for n in self.g.nodes if id(n) not in old_ids]
         still = {i for n in self.g.nodes for i in n.input} | set(self.outputs)
-        for name in (read - still) if drop_initializers else ():
+        dropped = (read - still) if drop_initializers else set()
+        for name in dropped:
             self.g.initializers.pop(name, None)
         for n in old:
             self.g.release_name(n.name)
+        if self._taken is not None:
+            self._taken.difference_update(dropped | {o for n in old for o in n.output})
         return at
 
     def put(self, at: int, new: list[onnx.NodeProto]) -> None:
         self.g.nodes[at:at] = new
+        if self._taken is not None:
+            self._taken.update(o for n in new for o in n.output)
 
     def node(self, op_type: str, inputs: list[str], outputs: list[str], scope: str, domain: str = "",
              **attrs: object) -> onnx.NodeProto:
@@ -105,12 +153,28 @@ class Export:
         del self.g.nodes[start:]
         return new
 
+    def sweep(self) -> int:
+        """Drop nodes whose outputs nothing reads (and then initializers nothing reads);
+        return how many nodes."""
+        removed = 0
+        while True:
+            used = {i for n in self.g.nodes for i in n.input} | set(self.outputs)
+            dead = [n for n in self.g.nodes if not any(o in used for o in n.output)]
+            if not dead:
+                break
+            self.take(dead, drop_initializers=False)
+            removed += len(dead)
+        self.prune()
+        return removed
+
     def prune(self) -> int:
         """Drop initializers that no node reads any more; return how many."""
         used = {i for n in self.g.nodes for i in n.input} | set(self.outputs)
         dead = [k for k in self.g.initializers if k not in used]
         for k in dead:
             del self.g.initializers[k]
+        if self._taken is not None:
+            self._taken.difference_update(dead)
         return len(dead)
 
 

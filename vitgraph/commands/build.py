@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="which model of the file (default: the file's own)")
     p.add_argument("--standard-ops", action="store_true",
                    help="onnx: only standard ONNX ops (default: onnxruntime's fused Attention/BiasGelu kernels)")
+    p.add_argument("--float-binary", action="store_true",
+                   help="onnx: binary layers as float32 +-scale weights and float matmuls (default for binary "
+                        "specs: 1-bit weights and integer matmuls)")
 
 
 def run(args: argparse.Namespace) -> int:
