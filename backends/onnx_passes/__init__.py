@@ -119,15 +119,24 @@ class Export:
     def float_initializer(self, name: str, array: np.ndarray) -> str:
         return self.initializer(name, np.asarray(array, self.g.dtype))
 
-    def take(self, old: list[onnx.NodeProto], drop_initializers: bool = True) -> int:
+    def take(self, old: list[onnx.NodeProto], drop_initializers: bool = True,
+             consumers: dict[str, list[onnx.NodeProto]] | None = None) -> int:
         """Remove nodes (to be replaced where the first of them stood, see `put`), their
-        names, and (unless told not to) the initializers only they read; return the position."""
+        names, and (unless told not to) the initializers only they read; return the position.
+        A pass that keeps a `consumers` index (value -> readers, the old nodes included)
+        passes it to spare a scan of the graph."""
         old_ids = {id(n) for n in old}
         at = min(i for i, n in enumerate(self.g.nodes) if id(n) in old_ids)
-        read = {i for n in old for i in n.input}
+        read = {i for n in old for i in n.input if i in self.g.initializers}
         self.g.nodes[:] = [n for n in self.g.nodes if id(n) not in old_ids]
-        still = {i for n in self.g.nodes for i in n.input} | set(self.outputs)
-        dropped = (read - still) if drop_initializers else set()
+        if not drop_initializers:
+            dropped: set[str] = set()
+        elif consumers is not None:
+            dropped = {i for i in read if i not in self.outputs
+                       and all(id(u) in old_ids for u in consumers.get(i, []))}
+        else:
+            still = {i for n in self.g.nodes for i in n.input} | set(self.outputs)
+            dropped = read - still
         for name in dropped:
             self.g.initializers.pop(name, None)
         for n in old:

@@ -102,28 +102,49 @@ def _compose(ex: Export, chain: list[onnx.NodeProto]) -> tuple[np.ndarray, np.nd
     return np.asarray(a), np.asarray(b), mul_name, add_name
 
 
-def _linear_before(ex: Export, chain: list[onnx.NodeProto]) -> onnx.NodeProto | None:
+class _Index:
+    """Who produces and who reads each value, kept up to date as chains are rewritten
+    (rebuilding it per chain made the pass quadratic in the graph's size)."""
+
+    def __init__(self, ex: Export) -> None:
+        self.producers = ex.producers()
+        self.consumers = ex.consumers()
+
+    def swap(self, old: list[onnx.NodeProto], new: list[onnx.NodeProto]) -> None:
+        gone = {id(n) for n in old}
+        for n in old:
+            for i in n.input:
+                self.consumers[i] = [u for u in self.consumers.get(i, []) if id(u) not in gone]
+        for n in new:
+            for o in n.output:
+                self.producers[o] = n
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+
+
+def _linear_before(ex: Export, index: _Index, chain: list[onnx.NodeProto]) -> onnx.NodeProto | None:
     """The MatMul by a constant (in, out) weight that feeds only this chain, if any."""
     x = _as_affine(ex, chain[0])[0]
-    node = ex.producers().get(x)
-    if node is None or node.op_type != "MatMul" or len(ex.consumers().get(x, [])) != 1 \
+    node = index.producers.get(x)
+    if node is None or node.op_type != "MatMul" or len(index.consumers.get(x, [])) != 1 \
             or ir_node(node) != ir_node(chain[0]):
         return None
-    w = ex.constant(node.input[1])
-    if w is None or w.ndim != 2 or ex.constant(node.input[0]) is not None:
+    w = ex.g.initializers.get(node.input[1])
+    if w is None or len(w.dims) != 2 or node.input[0] in ex.g.initializers:
         return None
-    if len(ex.consumers().get(node.input[1], [])) != 1:
+    if len(index.consumers.get(node.input[1], [])) != 1:
         return None
     return node
 
 
 def run(ex: Export) -> list[str]:
     into_linear = merged = 0
+    index = _Index(ex)
     for chain in _chains(ex):
         a, b, mul_name, add_name = _compose(ex, chain)
         x, out = _as_affine(ex, chain[0])[0], chain[-1].output[0]
         scope = chain[0].name.rsplit("/", 1)[0]
-        linear = _linear_before(ex, chain)
+        linear = _linear_before(ex, index, chain)
         ops = [n.op_type for n in chain]
         if (linear is not None and ops == ["Add"]) or (linear is None and (len(chain) == 1 or ops == ["Mul", "Add"])):
             continue  # nothing to fold: a bias, an affine already in its shortest form, a lone op
@@ -132,7 +153,7 @@ def run(ex: Export) -> list[str]:
             w_key, source = base_name(linear.input[1]), linear.input[0]
             bias_key = base_name(add_name) if add_name and not add_name.startswith("const/") else \
                 w_key.removesuffix(".weight") + ".bias"
-            at = ex.take([linear, *chain])
+            at = ex.take([linear, *chain], consumers=index.consumers)
             w_name = ex.float_initializer(ex.unique(w_key + FOLDED), w * np.broadcast_to(a, w.shape[1:]))
             if np.any(b != 0):
                 mm = ex.unique(f"{out}:linear")
@@ -141,9 +162,10 @@ def run(ex: Export) -> list[str]:
             else:
                 new = [ex.node("MatMul", [source, w_name], [out], scope)]
             ex.put(at, new)
+            index.swap([linear, *chain], new)
             into_linear += 1
             continue
-        at = ex.take(chain)
+        at = ex.take(chain, consumers=index.consumers)
         new = []
         value = x
         if np.any(a != 1):
@@ -154,6 +176,7 @@ def run(ex: Export) -> list[str]:
             name = ex.float_initializer(ex.unique(base_name(add_name or mul_name) + FOLDED), b)
             new.append(ex.node("Add", [value, name], [out], scope))
         ex.put(at, new)
+        index.swap(chain, new)
         merged += 1
     ex.prune()
     lines = []
