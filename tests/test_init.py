@@ -66,6 +66,30 @@ def test_xavier_policy() -> None:
     assert 0.8 < _std(sd["cls_token"]) < 1.2
 
 
+def test_xavier_linear_patch_embedding() -> None:
+    """`patchify ... fans linear`: the official ViT/CaiT embed patches with nn.Linear(c*p*p, dim),
+    whose xavier std counts fan-out as dim (not dim*p*p as for a conv); PyTorch's default and
+    timm's draws (fan-in only) do not change."""
+    graph = vitgraph.compile(WIDE.replace("patchify 8 -> 1024", "patchify 8 -> 1024 fans linear").format(init="init xavier"))
+    sd = vitgraph.to_torch(graph, generator=torch.Generator().manual_seed(0)).state_dict()
+    official = torch.nn.init.xavier_normal_(torch.empty(1024, 3 * 8 * 8), generator=torch.Generator().manual_seed(0))
+    expected = math.sqrt(2 / (192 + 1024))                      # 0.0406, 3.4x the conv's 0.0055
+    assert abs(_std(official) - expected) < 0.01 * expected     # the formula is nn.init's
+    assert abs(_std(sd["patch_embed.proj.weight"]) - expected) < 0.01 * expected
+    assert sd["patch_embed.proj.weight"].shape == (1024, 3, 8, 8)  # the same map and keys
+    default = vitgraph.compile(WIDE.replace("patchify 8 -> 1024", "patchify 8 -> 1024 fans linear").format(init="init torch-default"))
+    conv = vitgraph.to_torch(default, generator=torch.Generator().manual_seed(0)).state_dict()["patch_embed.proj.weight"]
+    assert conv.abs().max() <= 1 / math.sqrt(192)
+
+
+@pytest.mark.parametrize("spec,fans", [("vit", "linear"), ("vit_lsa", "linear"), ("cait", "linear"), ("pit", None)])
+def test_small_datasets_specs_embed_patches_as_the_official_code(spec: str, fans: str | None) -> None:
+    """models/vit.py and cait.py: Rearrange + nn.Linear; models/pit.py: nn.Conv2d."""
+    graph = vitgraph.compile(f"specs/{spec}.vg")
+    (node,) = [n for n in graph if n.op.name == "patchify"]
+    assert node.attrs.fans == fans
+
+
 def test_torch_default_policy_and_a_kind_exception() -> None:
     """PyTorch's default: U(+-1/sqrt(fan_in)) weights and biases; BinaryViT's class token
     at normal(1e-6) as a per-kind exception that touches nothing else."""

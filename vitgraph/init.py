@@ -17,7 +17,8 @@ Policies, as each paper's official code actually runs:
   * `xavier` — "Vision Transformer for Small-Size Datasets" (aanna0701/SPT_LSA_ViT
     models/vit.py, pit.py, cait.py `init_weights`): Linear and Conv weights xavier_normal,
     biases 0; position embeddings, class tokens and talking-heads matrices N(0, 1)
-    (torch.randn);
+    (torch.randn). Its ViT and CaiT embed patches with nn.Linear over flattened patches,
+    whose fan-out is the dim, not dim x p x p as for PiT's Conv2d: `patchify ... fans linear`;
   * `torch-default` — PyTorch's own layer init: weights and biases U(+-1/sqrt(fan_in));
     position embeddings and tables trunc_normal(.02). BinaryViT's official code trains
     from this (its `init_weights` is never applied) with the DeiT-S class token at
@@ -156,6 +157,7 @@ def draw(t: "torch.Tensor", param: "Param", rule: Rule, generator: "torch.Genera
                 t[bad] = torch.empty(int(bad.sum()), dtype=t.dtype).normal_(0.0, rule.std, generator=generator)
         elif rule.dist == "xavier-normal":
             fan_in, fan_out = _fans(param.shape)
+            fan_out = param.fan_out or fan_out
             t.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)), generator=generator)
         elif rule.dist == "torch-default":
             fan_in = param.fan_in if param.fan_in is not None else _fans(param.shape)[0]

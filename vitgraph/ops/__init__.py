@@ -72,12 +72,15 @@ class Param:
     """One trainable tensor. `init` is a role of the model's init policy (vitgraph/init.py:
     linear.weight, linear.bias, conv.weight, conv.bias, embedding, token, table, mix) or a
     constant it starts at; `fan_in` is the fan-in of the weight a bias belongs to (PyTorch's
-    default init draws the bias from it); `binary` marks a weight stored as 1 bit."""
+    default init draws the bias from it); `fan_out` replaces the fan-out PyTorch reads from a
+    weight's shape (a patch embedding written as nn.Linear over flattened patches: its dim);
+    `binary` marks a weight stored as 1 bit."""
 
     shape: Shape
     init: str | float
     fan_in: int | None = None
     binary: bool = False
+    fan_out: int | None = None
 
     @property
     def numel(self) -> int:

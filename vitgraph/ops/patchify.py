@@ -2,10 +2,12 @@
 `stem conv P -> D [precision fp|binary]` (BinaryViT, Swin: the same conv followed by the
 model's norm). Both are one op; the stem's binary form (precision binary) signs its input
 and binarizes its weights (BinaryViT's binary convs: sign(W) times the per-output-channel
-mean |W|)."""
+mean |W|). `fans linear` initialises the conv as the nn.Linear over flattened patches that
+the small-datasets code's ViT and CaiT use (xavier's fan-out is dim, not dim x p x p); the map
+and its parameters are the same."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..ir import Node, TensorType
 from ..lang import Schema
@@ -21,6 +23,7 @@ class PatchifyAttrs:
     norm: str = "none"          # none | layer | batch: the norm after the conv
     eps: float | None = None
     binary: tuple[str, ...] = ()
+    fans: str | None = None     # linear: initialised as nn.Linear over flattened patches (fan-out dim)
 
 
 def grid_of(node: Node, image: TensorType, patch: int) -> tuple[int, int]:
@@ -49,7 +52,8 @@ class Patchify(OpDef):
 
     name = "patchify"
     words = {
-        "patchify": Schema(("int:patch", "arrow", "int:dim"), {"bias": "bool"}, usage="patchify patch -> 192"),
+        "patchify": Schema(("int:patch", "arrow", "int:dim"), {"bias": "bool", "fans": "choice:conv|linear"},
+                           usage="patchify patch -> 192 fans linear"),
         "stem": Schema(("choice:kind:conv", "int:patch", "arrow", "int:dim"),
                        {"precision": "choice:fp|binary", "bias": "bool"}, usage="stem conv 4 -> 64 precision fp"),
     }
@@ -64,7 +68,8 @@ class Patchify(OpDef):
     def resolve(cls, r: Resolve) -> PatchifyAttrs:
         a = r.args
         if r.word == "patchify":
-            return PatchifyAttrs(a["patch"], a["dim"], a.get("bias", True))
+            fans = a.get("fans", "conv")
+            return PatchifyAttrs(a["patch"], a["dim"], a.get("bias", True), fans=None if fans == "conv" else fans)
         binary = ("weights", "activations") if a.get("precision", "fp") == "binary" else ()
         return PatchifyAttrs(a["patch"], a["dim"], a.get("bias", True), r.settings.norm, r.settings.eps, binary)
 
@@ -76,6 +81,8 @@ class Patchify(OpDef):
     def params(cls, node: Node, ins: list[TensorType]) -> dict[str, Param]:
         a, c = node.attrs, int(ins[0].shape[1])
         out = conv_params(f"{node.name}.proj", a.dim, c, a.patch, a.patch, a.bias, "weights" in a.binary)
+        if a.fans == "linear":  # the same map, counted as the official code's nn.Linear(c*p*p, dim)
+            out[f"{node.name}.proj.weight"] = replace(out[f"{node.name}.proj.weight"], fan_out=a.dim)
         if a.norm != "none":
             out.update(norm_params(f"{node.name}.norm", a.dim))
         return out
