@@ -68,6 +68,8 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     "unknown_block_word": ({"main.vg": vit(mlp="mpl ratio 2")}, []),
     "block_word_at_model_level": ({"main.vg": vit(tokens="mlp ratio 4")}, []),
     "unknown_option": ({"main.vg": vit(attn="attention heads 3 head_dim 64")}, []),
+    "option_given_twice": ({"main.vg": vit(attn="attention heads 3 qkv-bias false qkv-bias true")}, []),
+    "bad_fans_choice": ({"main.vg": vit(stem="patchify patch -> 192 fans lienar")}, []),
     "wrong_type_float_for_int": ({"main.vg": vit(attn="attention heads 2.5")}, []),
     "wrong_type_string_param": ({"main.vg": vit().replace("param image = 32", 'param image = "big"')}, []),
     "wrong_choice": ({"main.vg": vit(head="tokn")}, []),

@@ -211,9 +211,13 @@ def match(stmt: Stmt, schema: Schema, env: Env) -> Matched:
         else:
             out[key], spans[key] = typed(env, arg, kind, f"'{stmt.word}'"), arg.span
             i += 1
+    given: set[str] = set()
     while i < len(args):
         arg = args[i]
         name = arg.value if arg.kind == "word" else None
+        if name is not None and name in given:
+            raise SpecError(f"option '{name}' of '{stmt.word}' is given twice", arg.span, [f"first at {spans[name]}"])
+        given.add(name)
         if name in schema.flags:
             out[name], spans[name] = True, arg.span
             i += 1
