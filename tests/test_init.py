@@ -118,7 +118,7 @@ def test_draws_depend_on_the_seed_only() -> None:
     assert not torch.equal(a["blocks.0.mlp.fc1.weight"], c["blocks.0.mlp.fc1.weight"])
 
 
-@pytest.mark.parametrize("spec", ["specs/binaryvit.vg", "specs/sl_vit.vg", "specs/deit_tiny_distilled.vg",
+@pytest.mark.parametrize("spec", ["specs/binaryvit.vg", "specs/vit.vg", "specs/sl_vit.vg", "specs/deit_tiny_distilled.vg",
                                   "specs/sl_swin.vg"])
 def test_torch_and_onnx_start_from_one_policy(spec: str) -> None:
     graph = vitgraph.compile(spec, **({"image": 160} if "binaryvit" in spec else {}))
