@@ -3,7 +3,7 @@ swin_tiny): the alternating shift written with `index`, the window fitted to sma
 the constants the op computes (never in the state dict), ONNX parity with shifted
 windows, the small-datasets paper's counts explained, located errors, and swin_tiny
 against timm's swin_tiny_patch4_window7_224 (skipped without timm; to run it, install
-timm beside the test extras: `pip install timm`)."""
+the timm extra beside the test extras: `pip install -e '.[test,timm]'`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -220,7 +220,7 @@ def test_swin_tiny_loads_timm_weights_and_gives_timm_outputs() -> None:
     agree, and the parameter count and MACs are timm's exactly (MACs: torch's
     FlopCounterMode on timm's model, which counts 2 FLOPs per multiply-accumulate of every
     matmul and conv, attention's included: our convention)."""
-    timm = pytest.importorskip("timm", reason="needs timm (pip install timm)")
+    timm = pytest.importorskip("timm", reason="timm is not installed: pip install -e '.[test,timm]'")
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
