@@ -190,6 +190,7 @@ def test_real_process_exits_2_without_traceback(tmp_path: Path) -> None:
 # -- the front end never crashes: bytes, sizes, nesting, numbers, paths (issue 11) -----------
 FRONT_END: dict[str, tuple[bytes, str]] = {
     "not_utf8": (b"param image = 32\nparam patch = \xff4\n", "main.vg:2:15: error: byte 0xff is not UTF-8"),
+    "nul_in_use_path": (b'use "deit_ti\x00ny.vg"\n', "main.vg:1:5: error: a `use` path cannot contain a NUL byte"),
     "deep_braces": (("model m " + "{ blocks 1 " * 3000 + "}" * 3000 + "\n").encode(),
                     "main.vg:1:97: error: bodies in braces nest more than 8 deep here"),
     "deep_parentheses": (("param a = " + "(" * 5000 + "1" + ")" * 5000 + "\n").encode(),

@@ -172,6 +172,8 @@ class Loader:
         return own_models
 
     def _use(self, use: Use, base_dir: Path) -> None:
+        if "\0" in use.path:  # no file system takes it; os would raise ValueError, not OSError
+            raise SpecError("a `use` path cannot contain a NUL byte", use.span, ["expected a file name like \"vit.vg\""])
         target = (base_dir / use.path)
         try:
             found = target.exists()
